@@ -1,0 +1,827 @@
+//! The Redis backend: plain commands on the hot path, Lua scripts wherever a step must be
+//! atomic. Every command and script touches exactly one key, so all of it runs on Redis Cluster.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
+
+use super::{is_lease, Acquire, Loc, Lookup, Token};
+use crate::error::{is_connection_error, Error};
+use crate::kind::Shape;
+use crate::value::Payload;
+
+/// A connection to Redis: the library's own auto-reconnecting manager, or one the user built.
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Manager(ConnectionManager),
+    Multiplexed(MultiplexedConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Manager(c) => c.req_packed_command(cmd),
+            RedisConn::Multiplexed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Manager(c) => c.get_db(),
+            RedisConn::Multiplexed(c) => c.get_db(),
+        }
+    }
+}
+
+/// Stops requests from waiting on a Redis that just failed: after a connection error or a
+/// timeout, requests fail at once until the retry interval has passed.
+#[derive(Debug)]
+struct Breaker {
+    open_until_ms: AtomicU64,
+    retry_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        let until = self.open_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    fn trip(&self, error: &Error) {
+        let was = self
+            .open_until_ms
+            .swap(now_ms() + self.retry_ms, Ordering::Relaxed);
+        if was == 0 {
+            tracing::warn!(%error, retry_in_ms = self.retry_ms, "cacheobj: redis failed; requests skip it until it is retried");
+        }
+    }
+
+    fn close(&self) {
+        if self.open_until_ms.load(Ordering::Relaxed) != 0
+            && self.open_until_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            tracing::info!("cacheobj: redis answers again");
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RedisBackend {
+    conn: RedisConn,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn shape_name(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Str | Shape::Hash => "string",
+        Shape::List => "list",
+        Shape::Set => "set",
+    }
+}
+
+// Lua helpers shared by the scripts. `\193` is the 0xC1 byte that starts every marker.
+const LUA_PRELUDE: &str = r#"
+local LEASE = "\193cacheobj:lease:"
+local EMPTY = "\193cacheobj:empty"
+local function is_lease(v) return string.sub(v, 1, #LEASE) == LEASE end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function members(k, t)
+  if t == 'list' then return redis.call('LRANGE', k, 0, -1) end
+  return redis.call('SMEMBERS', k)
+end
+local function size(k, t)
+  if t == 'list' then return redis.call('LLEN', k) end
+  return redis.call('SCARD', k)
+end
+local function add(k, t, first)
+  local cmd = 'SADD'
+  if t == 'list' then cmd = 'RPUSH' end
+  for i = first, #ARGV, 1000 do
+    redis.call(cmd, k, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+end
+"#;
+
+macro_rules! script {
+    ($name:ident, $body:expr) => {
+        static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(&format!("{}{}", LUA_PRELUDE, $body)));
+    };
+}
+
+// A list or set read: {0} miss, {1} leased, {2, members} hit, {4} garbage.
+// ARGV[1]: 'list' or 'set'.
+script!(
+    READ_COLLECTION,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == 'none' then return {0} end
+if t == ARGV[1] then return {2, members(k, t)} end
+if t == 'string' then
+  local v = redis.call('GET', k)
+  if v == EMPTY then return {2, {}} end
+  if is_lease(v) then return {1} end
+end
+return {4}
+"#
+);
+
+// Takes the fill lease of a string, list or set entry unless a value is there.
+// ARGV: marker, lease ms, shape, force ('1': replace a value that did not decode).
+// Returns {0} acquired, {1} leased by another, {2, value} hit.
+script!(
+    ACQUIRE,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == 'string' then
+  local v = redis.call('GET', k)
+  if is_lease(v) then return {1} end
+  if ARGV[4] ~= '1' then
+    if ARGV[3] == 'string' then return {2, v} end
+    if v == EMPTY then return {2, {}} end
+  end
+elseif t == ARGV[3] and ARGV[4] ~= '1' then
+  return {2, members(k, t)}
+end
+if t ~= 'none' then redis.call('DEL', k) end
+redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+return {0}
+"#
+);
+
+// Stores a value if our lease marker still holds the key. ARGV: marker, ttl ms (0: none),
+// shape, then the value (string) or the elements (list, set; none for an empty one).
+script!(
+    FILL,
+    r#"
+local k = KEYS[1]
+if redis.call('TYPE', k).ok ~= 'string' or redis.call('GET', k) ~= ARGV[1] then return 0 end
+if ARGV[3] == 'string' then
+  redis.call('SET', k, ARGV[4])
+else
+  redis.call('DEL', k)
+  if #ARGV == 3 then redis.call('SET', k, EMPTY) else add(k, ARGV[3], 4) end
+end
+if ARGV[2] ~= '0' then redis.call('PEXPIRE', k, ARGV[2]) end
+return 1
+"#
+);
+
+// Replaces a string value if it is still the one read. ARGV: expected, new, ttl ms.
+script!(
+    REFILL,
+    r#"
+local k = KEYS[1]
+if redis.call('TYPE', k).ok ~= 'string' or redis.call('GET', k) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '0' then redis.call('SET', k, ARGV[2], 'PX', ARGV[3]) else redis.call('SET', k, ARGV[2]) end
+return 1
+"#
+);
+
+// Drops our lease. ARGV: marker.
+script!(
+    RELEASE,
+    r#"
+local k = KEYS[1]
+if redis.call('TYPE', k).ok == 'string' and redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+return 1
+"#
+);
+
+// Increments a cached counter; anything else (a lease, garbage) is deleted, so a load in
+// flight cannot fill a count from before this change. ARGV: delta.
+script!(
+    INCR,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == 'none' then return false end
+if t == 'string' then
+  local r = redis.pcall('INCRBY', k, ARGV[1])
+  if type(r) == 'number' then return r end
+end
+redis.call('DEL', k)
+return false
+"#
+);
+
+// Increments a counter, creating it with the delta (and the TTL) when it is not there.
+// ARGV: delta, ttl ms.
+script!(
+    INCR_OR_CREATE,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == 'string' then
+  local r = redis.pcall('INCRBY', k, ARGV[1])
+  if type(r) == 'number' then return r end
+end
+if t ~= 'none' then redis.call('DEL', k) end
+if ARGV[2] ~= '0' then redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) else redis.call('SET', k, ARGV[1]) end
+return redis.call('INCRBY', k, 0)
+"#
+);
+
+// Adds elements to a cached list or set, keeping its TTL. ARGV: shape, elements...
+script!(
+    PUSH,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == ARGV[1] then add(k, t, 2) return size(k, t) end
+if t == 'string' and redis.call('GET', k) == EMPTY then
+  local ttl = redis.call('PTTL', k)
+  redis.call('DEL', k)
+  add(k, ARGV[1], 2)
+  if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+  return size(k, ARGV[1])
+end
+if t ~= 'none' then redis.call('DEL', k) end
+return false
+"#
+);
+
+// Removes elements from a cached list or set; an emptied one becomes the empty marker with the
+// same TTL. ARGV: shape, elements...
+script!(
+    REMOVE,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == ARGV[1] then
+  local ttl = redis.call('PTTL', k)
+  if t == 'list' then
+    for i = 2, #ARGV do redis.call('LREM', k, 0, ARGV[i]) end
+  else
+    for i = 2, #ARGV, 1000 do redis.call('SREM', k, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+  end
+  local n = size(k, t)
+  if n == 0 then
+    if ttl > 0 then redis.call('SET', k, EMPTY, 'PX', ttl) else redis.call('SET', k, EMPTY) end
+  end
+  return n
+end
+if t == 'string' and redis.call('GET', k) == EMPTY then return 0 end
+if t ~= 'none' then redis.call('DEL', k) end
+return false
+"#
+);
+
+// The size of a cached list or set. ARGV: shape.
+script!(
+    LEN,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == ARGV[1] then return size(k, t) end
+if t == 'string' and redis.call('GET', k) == EMPTY then return 0 end
+return false
+"#
+);
+
+// Whether a cached set holds an element. ARGV: element.
+script!(
+    CONTAINS,
+    r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+if t == 'set' then return redis.call('SISMEMBER', k, ARGV[1]) end
+if t == 'string' and redis.call('GET', k) == EMPTY then return 0 end
+return false
+"#
+);
+
+// Takes the fill lease of a hash field. A hash field has no TTL of its own, so the marker
+// carries its deadline (server time). ARGV: field, token, lease ms, force.
+// Returns {0} acquired, {1} leased, {2, value} hit.
+script!(
+    HASH_ACQUIRE,
+    r#"
+local k, f = KEYS[1], ARGV[1]
+local t = redis.call('TYPE', k).ok
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k) end
+local now = now_ms()
+local v = redis.call('HGET', k, f)
+if v then
+  if is_lease(v) then
+    local deadline = tonumber(string.sub(v, #LEASE + 1, #LEASE + 13))
+    if deadline and deadline > now then return {1} end
+  elseif ARGV[4] ~= '1' then
+    return {2, v}
+  end
+end
+redis.call('HSET', k, f, LEASE .. string.format('%013d', now + tonumber(ARGV[3])) .. ':' .. ARGV[2])
+local pttl = redis.call('PTTL', k)
+if pttl >= 0 and pttl < tonumber(ARGV[3]) then redis.call('PEXPIRE', k, ARGV[3]) end
+if pttl == -1 and redis.call('HLEN', k) == 1 then redis.call('PEXPIRE', k, ARGV[3]) end
+return {0}
+"#
+);
+
+// Stores a hash field if our lease marker still holds it; extends the hash's TTL to at least
+// the fill's. ARGV: field, token, ttl ms (0: none), value.
+script!(
+    HASH_FILL,
+    r#"
+local k, f = KEYS[1], ARGV[1]
+if redis.call('TYPE', k).ok ~= 'hash' then return 0 end
+local v = redis.call('HGET', k, f)
+if not v or not is_lease(v) or string.sub(v, -#ARGV[2]) ~= ARGV[2] then return 0 end
+redis.call('HSET', k, f, ARGV[4])
+local ttl = tonumber(ARGV[3])
+if ttl == 0 then
+  redis.call('PERSIST', k)
+else
+  local pttl = redis.call('PTTL', k)
+  if pttl >= 0 and pttl < ttl then redis.call('PEXPIRE', k, ttl) end
+end
+return 1
+"#
+);
+
+// Drops our lease on a hash field. ARGV: field, token.
+script!(
+    HASH_RELEASE,
+    r#"
+local k, f = KEYS[1], ARGV[1]
+if redis.call('TYPE', k).ok ~= 'hash' then return 0 end
+local v = redis.call('HGET', k, f)
+if v and is_lease(v) and string.sub(v, -#ARGV[2]) == ARGV[2] then redis.call('HDEL', k, f) end
+return 1
+"#
+);
+
+fn is_wrong_type(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+}
+
+/// A reply of a shape this library does not expect: treated like garbage, never a panic.
+fn unexpected(what: &'static str) -> Error {
+    Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected reply",
+        what.to_owned(),
+    )))
+}
+
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn into_elems(v: Value) -> Option<Vec<Vec<u8>>> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items.into_iter().map(into_bytes).collect(),
+        _ => None,
+    }
+}
+
+fn into_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// Turns a read of a string value into a lookup.
+fn string_lookup(v: Value) -> Lookup {
+    match v {
+        Value::Nil => Lookup::Miss,
+        other => match into_bytes(other) {
+            Some(b) if is_lease(&b) => Lookup::Leased,
+            Some(b) => Lookup::Hit(Payload::Bytes(b)),
+            None => Lookup::Garbage,
+        },
+    }
+}
+
+/// Parses `{code, value?}` replies of the acquire and read scripts.
+fn coded_reply(v: Value, shape: Shape) -> Result<(i64, Option<Payload>), Error> {
+    let Value::Array(mut items) = v else {
+        return Err(unexpected("script reply is not an array"));
+    };
+    let code = items.first().and_then(into_i64).ok_or_else(|| unexpected("script reply code"))?;
+    let payload = if items.len() > 1 {
+        let value = items.swap_remove(1);
+        Some(match shape {
+            Shape::Str | Shape::Hash => Payload::Bytes(
+                into_bytes(value).ok_or_else(|| unexpected("script reply value"))?,
+            ),
+            Shape::List | Shape::Set => Payload::Elems(
+                into_elems(value).ok_or_else(|| unexpected("script reply members"))?,
+            ),
+        })
+    } else {
+        None
+    };
+    Ok((code, payload))
+}
+
+fn opt_u64(v: Value) -> Result<Option<u64>, Error> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::Int(i) => Ok(Some(i.max(0) as u64)),
+        _ => Err(unexpected("expected an integer or nil")),
+    }
+}
+
+impl RedisBackend {
+    pub(crate) fn new(conn: RedisConn, timeout: Duration, retry_interval: Duration) -> Self {
+        RedisBackend {
+            conn,
+            timeout,
+            breaker: Arc::new(Breaker {
+                open_until_ms: AtomicU64::new(0),
+                retry_ms: retry_interval.as_millis().max(1) as u64,
+            }),
+        }
+    }
+
+    /// Runs one request, bounded by the response timeout and skipped while the breaker is open.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if self.breaker.is_open() {
+            return Err(Error::Unavailable);
+        }
+        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => {
+                self.breaker.close();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let failed = is_connection_error(&e);
+                let error = Error::Redis(e);
+                if failed {
+                    self.breaker.trip(&error);
+                }
+                Err(error)
+            }
+            Err(_) => {
+                let error = Error::Timeout(self.timeout);
+                self.breaker.trip(&error);
+                Err(error)
+            }
+        }
+    }
+
+    async fn cmd(&self, cmd: Cmd) -> Result<Value, Error> {
+        self.run(|mut c| async move { cmd.query_async::<Value>(&mut c).await })
+            .await
+    }
+
+    async fn script(
+        &self,
+        script: &Script,
+        key: &[u8],
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<Value, Error> {
+        let mut invocation = script.key(key);
+        args(&mut invocation);
+        self.run(|mut c| async move { invocation.invoke_async::<Value>(&mut c).await })
+            .await
+    }
+
+    pub(crate) async fn read(&self, loc: Loc<'_>) -> Result<Lookup, Error> {
+        match loc.shape {
+            Shape::Str => match self.cmd(redis::cmd("GET").arg(loc.key).clone()).await {
+                Ok(v) => Ok(string_lookup(v)),
+                Err(Error::Redis(e)) if is_wrong_type(&e) => {
+                    Ok(Lookup::Garbage)
+                }
+                Err(e) => Err(e),
+            },
+            Shape::Hash => {
+                match self
+                    .cmd(redis::cmd("HGET").arg(loc.key).arg(loc.field).clone())
+                    .await
+                {
+                    Ok(v) => Ok(string_lookup(v)),
+                    Err(Error::Redis(e)) if is_wrong_type(&e) => {
+                        Ok(Lookup::Garbage)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Shape::List | Shape::Set => {
+                let reply = self
+                    .script(&READ_COLLECTION, loc.key, |i| {
+                        i.arg(shape_name(loc.shape));
+                    })
+                    .await?;
+                Ok(match coded_reply(reply, loc.shape)? {
+                    (0, _) => Lookup::Miss,
+                    (1, _) => Lookup::Leased,
+                    (2, Some(p)) => Lookup::Hit(p),
+                    _ => Lookup::Garbage,
+                })
+            }
+        }
+    }
+
+    pub(crate) async fn read_with_ttl(
+        &self,
+        loc: Loc<'_>,
+    ) -> Result<(Lookup, Option<u64>), Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(loc.key).cmd("PTTL").arg(loc.key);
+        let replies = self
+            .run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
+            .await?;
+        let mut replies = replies.into_iter();
+        let value = replies.next().unwrap_or(Value::Nil);
+        let ttl = replies.next().as_ref().and_then(into_i64);
+        let ttl = ttl.and_then(|t| u64::try_from(t).ok());
+        Ok((string_lookup(value), ttl))
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+        loc: Loc<'_>,
+        token: &Token,
+        lease_ms: u64,
+        force: bool,
+    ) -> Result<Acquire, Error> {
+        let force = if force { "1" } else { "0" };
+        let reply = if loc.shape == Shape::Hash {
+            self.script(&HASH_ACQUIRE, loc.key, |i| {
+                i.arg(loc.field).arg(token.as_str()).arg(lease_ms).arg(force);
+            })
+            .await?
+        } else {
+            self.script(&ACQUIRE, loc.key, |i| {
+                i.arg(token.marker())
+                    .arg(lease_ms)
+                    .arg(shape_name(loc.shape))
+                    .arg(force);
+            })
+            .await?
+        };
+        Ok(match coded_reply(reply, loc.shape)? {
+            (0, _) => Acquire::Acquired,
+            (1, _) => Acquire::Leased,
+            (2, Some(p)) => Acquire::Hit(p),
+            _ => return Err(unexpected("acquire reply")),
+        })
+    }
+
+    pub(crate) async fn fill(
+        &self,
+        loc: Loc<'_>,
+        token: &Token,
+        payload: &Payload,
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let reply = match (loc.shape, payload) {
+            (Shape::Hash, Payload::Bytes(value)) => {
+                self.script(&HASH_FILL, loc.key, |i| {
+                    i.arg(loc.field).arg(token.as_str()).arg(ttl_ms).arg(&value[..]);
+                })
+                .await?
+            }
+            (Shape::Str, Payload::Bytes(value)) => {
+                self.script(&FILL, loc.key, |i| {
+                    i.arg(token.marker()).arg(ttl_ms).arg("string").arg(&value[..]);
+                })
+                .await?
+            }
+            (Shape::List | Shape::Set, Payload::Elems(elems)) => {
+                self.script(&FILL, loc.key, |i| {
+                    i.arg(token.marker()).arg(ttl_ms).arg(shape_name(loc.shape));
+                    for e in elems {
+                        i.arg(&e[..]);
+                    }
+                })
+                .await?
+            }
+            _ => return Err(unexpected("payload does not match the strategy's kind")),
+        };
+        Ok(into_i64(&reply) == Some(1))
+    }
+
+    pub(crate) async fn refill(
+        &self,
+        loc: Loc<'_>,
+        expected: &[u8],
+        payload: &[u8],
+        ttl_ms: u64,
+    ) -> Result<bool, Error> {
+        let reply = self
+            .script(&REFILL, loc.key, |i| {
+                i.arg(expected).arg(payload).arg(ttl_ms);
+            })
+            .await?;
+        Ok(into_i64(&reply) == Some(1))
+    }
+
+    pub(crate) async fn release(&self, loc: Loc<'_>, token: &Token) -> Result<(), Error> {
+        if loc.shape == Shape::Hash {
+            self.script(&HASH_RELEASE, loc.key, |i| {
+                i.arg(loc.field).arg(token.as_str());
+            })
+            .await?;
+        } else {
+            self.script(&RELEASE, loc.key, |i| {
+                i.arg(token.marker());
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn invalidate(&self, loc: Loc<'_>) -> Result<(), Error> {
+        let cmd = if loc.shape == Shape::Hash {
+            redis::cmd("HDEL").arg(loc.key).arg(loc.field).clone()
+        } else {
+            redis::cmd("DEL").arg(loc.key).clone()
+        };
+        match self.cmd(cmd).await {
+            Err(Error::Redis(e))
+                if is_wrong_type(&e) =>
+            {
+                // A hash strategy's key holds another type: nothing of ours is there, but
+                // remove it so nothing stale can be read either.
+                self.cmd(redis::cmd("DEL").arg(loc.key).clone()).await?;
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    pub(crate) async fn incr(&self, loc: Loc<'_>, delta: i64) -> Result<Option<i64>, Error> {
+        let reply = self
+            .script(&INCR, loc.key, |i| {
+                i.arg(delta);
+            })
+            .await?;
+        match reply {
+            Value::Nil => Ok(None),
+            Value::Int(n) => Ok(Some(n)),
+            _ => Err(unexpected("incr reply")),
+        }
+    }
+
+    pub(crate) async fn incr_or_create(
+        &self,
+        loc: Loc<'_>,
+        delta: i64,
+        ttl_ms: u64,
+    ) -> Result<i64, Error> {
+        let reply = self
+            .script(&INCR_OR_CREATE, loc.key, |i| {
+                i.arg(delta).arg(ttl_ms);
+            })
+            .await?;
+        into_i64(&reply).ok_or_else(|| unexpected("incr reply"))
+    }
+
+    pub(crate) async fn set_string(
+        &self,
+        loc: Loc<'_>,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<(), Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(loc.key).arg(value);
+        if ttl_ms > 0 {
+            cmd.arg("PX").arg(ttl_ms);
+        }
+        self.cmd(cmd).await.map(|_| ())
+    }
+
+    pub(crate) async fn push(
+        &self,
+        loc: Loc<'_>,
+        elems: &[Vec<u8>],
+    ) -> Result<Option<u64>, Error> {
+        if elems.is_empty() {
+            return self.len(loc).await;
+        }
+        let reply = self
+            .script(&PUSH, loc.key, |i| {
+                i.arg(shape_name(loc.shape));
+                for e in elems {
+                    i.arg(&e[..]);
+                }
+            })
+            .await?;
+        opt_u64(reply)
+    }
+
+    pub(crate) async fn remove(
+        &self,
+        loc: Loc<'_>,
+        elems: &[Vec<u8>],
+    ) -> Result<Option<u64>, Error> {
+        if elems.is_empty() {
+            return self.len(loc).await;
+        }
+        let reply = self
+            .script(&REMOVE, loc.key, |i| {
+                i.arg(shape_name(loc.shape));
+                for e in elems {
+                    i.arg(&e[..]);
+                }
+            })
+            .await?;
+        opt_u64(reply)
+    }
+
+    pub(crate) async fn len(&self, loc: Loc<'_>) -> Result<Option<u64>, Error> {
+        let reply = self
+            .script(&LEN, loc.key, |i| {
+                i.arg(shape_name(loc.shape));
+            })
+            .await?;
+        opt_u64(reply)
+    }
+
+    pub(crate) async fn contains(&self, loc: Loc<'_>, elem: &[u8]) -> Result<Option<bool>, Error> {
+        let reply = self
+            .script(&CONTAINS, loc.key, |i| {
+                i.arg(elem);
+            })
+            .await?;
+        Ok(opt_u64(reply)?.map(|n| n == 1))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        // A ping goes through even while the breaker is open: it is how callers check.
+        match tokio::time::timeout(self.timeout, async {
+            let mut c = self.conn.clone();
+            redis::cmd("PING").query_async::<Value>(&mut c).await
+        })
+        .await
+        {
+            Ok(Ok(_)) => {
+                self.breaker.close();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Error::Redis(e)),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_of_unexpected_shape_are_errors_not_panics() {
+        assert!(coded_reply(Value::Nil, Shape::Str).is_err());
+        assert!(coded_reply(Value::Array(vec![]), Shape::Str).is_err());
+        assert!(coded_reply(
+            Value::Array(vec![Value::Int(2), Value::Int(5)]),
+            Shape::List
+        )
+        .is_err());
+        assert!(matches!(string_lookup(Value::Int(3)), Lookup::Garbage));
+        assert!(matches!(
+            string_lookup(Value::BulkString(b"\xC1cacheobj:lease:x".to_vec())),
+            Lookup::Leased
+        ));
+        assert!(opt_u64(Value::Okay).is_err());
+    }
+}

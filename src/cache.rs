@@ -1,0 +1,1243 @@
+//! The [`Cache`] handle: runs strategies against a backend.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+
+use crate::backend::{Acquire, Backend, Loc, Lookup, MemoryBackend, RedisBackend, RedisConn, Token};
+use crate::codec::encode_text;
+use crate::config::CacheConfig;
+use crate::error::{Error, KeyError};
+use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Role};
+use crate::key::CacheKey;
+use crate::kind::{Counter, Hash, Kind, List, Set, Shape};
+use crate::stats::{bump, Counters, Stats};
+use crate::strategy::Strategy;
+use crate::value::{CacheValue, Collection, Payload};
+
+/// Runs [`Strategy`]s against Redis or the embedded in-memory backend.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`; clones share one multiplexed, auto-reconnecting
+/// connection, the in-process coalescing of loads, and the [`Stats`].
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{Cache, CacheKey, Strategy};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// struct Item { id: u64, name: String }
+/// #[derive(Debug, Clone, Serialize, CacheKey)]
+/// struct ItemKey { item_id: u64 }
+/// const ITEM: Strategy<Item, ItemKey> = Strategy::<Item, ItemKey>::obj("item:<item_id>").expire(60);
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let cache = Cache::in_memory();
+/// let key = ItemKey { item_id: 1 };
+/// let item = cache
+///     .fetch(&ITEM, &key, || async { Ok::<_, std::io::Error>(Item { id: 1, name: "a".into() }) })
+///     .await?;
+/// assert_eq!(item.name, "a");
+/// cache.invalidate(&ITEM, &key).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    prefix: Vec<u8>,
+    max_key_len: usize,
+    counters: Counters,
+    flights: Flights,
+    refreshing: Mutex<HashSet<FlightKey>>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend)
+            .field("prefix", &String::from_utf8_lossy(&self.inner.prefix))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A rendered key and hash field.
+struct Rendered {
+    key: Vec<u8>,
+    field: Vec<u8>,
+    shape: Shape,
+}
+
+impl Rendered {
+    fn loc(&self) -> Loc<'_> {
+        Loc {
+            key: &self.key,
+            field: &self.field,
+            shape: self.shape,
+        }
+    }
+
+    fn flight_key(&self) -> FlightKey {
+        (self.key.clone(), self.field.clone())
+    }
+}
+
+impl Inner {
+    fn fault(&self, error: &Error) {
+        bump(&self.counters.errors);
+        if error.is_unavailable() {
+            tracing::debug!(%error, "cacheobj: cache unavailable; the loader runs instead");
+        } else {
+            tracing::warn!(error = %error, source = ?std::error::Error::source(error), "cacheobj: cache operation failed; the loader runs instead");
+        }
+    }
+
+    fn undecodable(&self, key: &[u8], error: &dyn std::error::Error) {
+        bump(&self.counters.undecodable);
+        tracing::warn!(key = %String::from_utf8_lossy(key), %error, "cacheobj: cached value does not decode; treating it as a miss");
+    }
+}
+
+/// XFetch: refresh when `-delta * ln(U)` reaches past the remaining TTL.
+fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
+    let Some(ttl) = ttl_ms else {
+        return false;
+    };
+    let u = fastrand::f64().max(f64::MIN_POSITIVE);
+    -(delta_ms as f64) * u.ln() >= ttl as f64
+}
+
+/// Removes a key from the set of refreshing keys when the refresh ends or is cancelled.
+struct RefreshGuard<'a> {
+    set: &'a Mutex<HashSet<FlightKey>>,
+    key: FlightKey,
+}
+
+impl Drop for RefreshGuard<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Cache {
+    /// A cache on Redis, as `config` says. It does not connect yet, so a service starts while
+    /// Redis is down; it connects in the background and on first use, and reconnects by
+    /// itself. Call [`ping`](Self::ping) to fail fast instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the configuration is invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// // Nothing listens on port 1: connect still succeeds, fetches will run their loaders.
+    /// let cache = Cache::connect(CacheConfig::builder().host("127.0.0.1").port(1).build()).await?;
+    /// assert!(cache.ping().await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(config: CacheConfig) -> Result<Cache, Error> {
+        let info = config.connection_info()?;
+        let client = redis::Client::open(info).map_err(|e| Error::Config(crate::error::ConfigError::Url(e)))?;
+        Cache::from_client(client, config).await
+    }
+
+    /// A cache on a `redis::Client` you built (Flask-CacheOBJ's `cache.mc = ...`); the
+    /// connection settings of `config` are ignored, its timeouts and prefix apply.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `config`'s timeouts or key limit are invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = cacheobj::redis::Client::open("redis://127.0.0.1:1/")?;
+    /// let cache = Cache::from_client(client, CacheConfig::builder().prefix("app:").build()).await?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_client(client: redis::Client, config: CacheConfig) -> Result<Cache, Error> {
+        config.check_limits()?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let cache = Cache::with_redis(RedisConn::Manager(manager), &config);
+        // Connect in the background, so the first fetch does not wait for it.
+        let warm = cache.clone();
+        tokio::spawn(async move {
+            let _ = warm.ping().await;
+        });
+        Ok(cache)
+    }
+
+    /// A cache on a multiplexed connection you built. It does not reconnect by itself; prefer
+    /// [`from_client`](Self::from_client) unless you manage the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `config`'s timeouts or key limit are invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use cacheobj::{Cache, CacheConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let client = cacheobj::redis::Client::open("redis://127.0.0.1/")?;
+    /// let conn = client.get_multiplexed_async_connection().await?;
+    /// let cache = Cache::from_connection(conn, CacheConfig::default())?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_connection(conn: MultiplexedConnection, config: CacheConfig) -> Result<Cache, Error> {
+        config.check_limits()?;
+        Ok(Cache::with_redis(RedisConn::Multiplexed(conn), &config))
+    }
+
+    fn with_redis(conn: RedisConn, config: &CacheConfig) -> Cache {
+        let backend = RedisBackend::new(conn, config.response_timeout, config.retry_interval);
+        Cache::with_backend(Backend::Redis(backend), config)
+    }
+
+    /// A cache on the embedded in-memory backend: the same API and semantics (TTLs, leases,
+    /// negative caching), in this process only. For tests, examples and single-process services.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = cacheobj::Cache::in_memory();
+    /// assert_eq!(cache.stats().loads, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn in_memory() -> Cache {
+        Cache::with_backend(Backend::Memory(MemoryBackend::new()), &CacheConfig::default())
+    }
+
+    /// Like [`in_memory`](Self::in_memory), with `config`'s prefix and key limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `config`'s timeouts or key limit are invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = cacheobj::Cache::in_memory_with(cacheobj::CacheConfig::builder().prefix("t:").build())?;
+    /// # let _ = cache;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn in_memory_with(config: CacheConfig) -> Result<Cache, Error> {
+        config.check_limits()?;
+        Ok(Cache::with_backend(Backend::Memory(MemoryBackend::new()), &config))
+    }
+
+    fn with_backend(backend: Backend, config: &CacheConfig) -> Cache {
+        Cache {
+            inner: Arc::new(Inner {
+                backend,
+                prefix: config.prefix.as_bytes().to_vec(),
+                max_key_len: config.max_key_len,
+                counters: Counters::default(),
+                flights: Flights::default(),
+                refreshing: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The counters of this cache and its clones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let cache = cacheobj::Cache::in_memory();
+    /// assert_eq!(cache.stats(), cacheobj::Stats::default());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Checks that Redis answers.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error, or [`Error::Timeout`] after the response timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// cacheobj::Cache::in_memory().ping().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.inner.backend.ping().await
+    }
+
+    fn render<V, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<Rendered, KeyError> {
+        let mut out = Vec::new();
+        strategy.render_key(&mut out, &self.inner.prefix, key)?;
+        let mut field = Vec::new();
+        strategy.render_field(&mut field, key)?;
+        let max = self.inner.max_key_len;
+        for len in [out.len(), field.len()] {
+            if len > max {
+                return Err(KeyError::TooLong { len, max });
+            }
+        }
+        Ok(Rendered {
+            key: out,
+            field,
+            shape: Kd::SHAPE,
+        })
+    }
+
+    /// Reads the value, or runs `loader` and caches what it returns.
+    ///
+    /// Fails open: when the cache cannot be used (Redis down, slow past the response timeout,
+    /// refusing; a key that does not render; a value that does not encode) the loader runs and
+    /// its result is returned, and [`Stats::errors`] counts it. A cached value that does not
+    /// decode is a miss; the loader's value replaces it.
+    ///
+    /// Concurrent fetches of one key share one load: in this process they await the first
+    /// fetch's loader, across processes they wait (up to the strategy's lease time) for the fill
+    /// of whoever holds the key's fill lease. If the leading fetch is dropped, a waiter takes
+    /// over its lease; if its loader fails, the leader gets that error and each waiter runs its
+    /// own loader once and gets that result, uncached. A fill whose load began before an
+    /// invalidation of the key never lands.
+    ///
+    /// # Errors
+    ///
+    /// Only the loader's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct UserKey { user_id: u64 }
+    /// const NAME: Strategy<Option<String>, UserKey> =
+    ///     Strategy::<Option<String>, UserKey>::obj("user:name:<user_id>").expire(600).negative_expire(30);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let name = cache.fetch(&NAME, &UserKey { user_id: 7 }, || async {
+    ///     Ok::<_, std::io::Error>(None) // not in the database: cached for 30 s
+    /// }).await?;
+    /// assert_eq!(name, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        V: CacheValue<Kd>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let rendered = match self.render(strategy, key) {
+            Ok(r) => r,
+            Err(e) => {
+                inner.fault(&Error::Key(e));
+                bump(&inner.counters.loads);
+                return loader().await;
+            }
+        };
+        let loc = rendered.loc();
+        let codec = strategy.get_codec();
+        let early = strategy.early_refresh_ms() > 0
+            && Kd::SHAPE == Shape::Str
+            && strategy.expire_after().is_some();
+        let read = if early {
+            inner.backend.read_with_ttl(loc).await
+        } else {
+            inner.backend.read(loc).await.map(|l| (l, None))
+        };
+        let mut force = false;
+        let mut redis_ok = true;
+        match read {
+            Ok((Lookup::Hit(payload), ttl)) => match V::decode(&payload, codec) {
+                Ok(value) => {
+                    bump(&inner.counters.hits);
+                    if early && should_refresh(ttl, strategy.early_refresh_ms()) {
+                        return self
+                            .refresh_early(strategy, &rendered, payload, value, loader)
+                            .await;
+                    }
+                    return Ok(value);
+                }
+                Err(e) => {
+                    inner.undecodable(loc.key, &e);
+                    force = true;
+                }
+            },
+            Ok((Lookup::Garbage, _)) => {
+                inner.undecodable(loc.key, &Error::Unavailable);
+                force = true;
+            }
+            Ok((Lookup::Miss | Lookup::Leased, _)) => {}
+            Err(e) => {
+                inner.fault(&e);
+                redis_ok = false;
+            }
+        }
+        bump(&inner.counters.misses);
+        self.load_coalesced(strategy, &rendered, force, redis_ok, loader)
+            .await
+    }
+
+    async fn load_coalesced<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        rendered: &Rendered,
+        force: bool,
+        redis_ok: bool,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        V: CacheValue<Kd>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let mut inherited = None;
+        loop {
+            match inner.flights.join(rendered.flight_key()) {
+                Role::Leader(mut guard) => {
+                    return self
+                        .lead(strategy, rendered, &mut guard, inherited, force, redis_ok, loader)
+                        .await;
+                }
+                Role::Waiter(rx) => {
+                    bump(&inner.counters.coalesced_waits);
+                    match flight::wait(rx).await {
+                        FlightState::Done(payload) => {
+                            match V::decode(&payload, strategy.get_codec()) {
+                                Ok(value) => return Ok(value),
+                                Err(e) => {
+                                    inner.undecodable(&rendered.key, &e);
+                                    bump(&inner.counters.loads);
+                                    return loader().await;
+                                }
+                            }
+                        }
+                        FlightState::Failed => {
+                            bump(&inner.counters.loads);
+                            return loader().await;
+                        }
+                        FlightState::Abandoned(token) => inherited = token,
+                        FlightState::Pending => inherited = None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the fill lease (or waits for another holder's fill), loads, and fills.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        rendered: &Rendered,
+        guard: &mut LeaderGuard,
+        inherited: Option<Token>,
+        mut force: bool,
+        redis_ok: bool,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        V: CacheValue<Kd>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let loc = rendered.loc();
+        let codec = strategy.get_codec();
+        let mut lease = inherited;
+        if lease.is_none() && redis_ok {
+            let token = Token::new();
+            let deadline = Instant::now() + strategy.lease_time();
+            let mut backoff = Duration::from_millis(2);
+            let mut waiting = false;
+            loop {
+                match inner
+                    .backend
+                    .acquire(loc, &token, strategy.lease_ms(), force)
+                    .await
+                {
+                    Ok(Acquire::Acquired) => {
+                        lease = Some(token);
+                        break;
+                    }
+                    Ok(Acquire::Hit(payload)) => match V::decode(&payload, codec) {
+                        Ok(value) => {
+                            if !waiting {
+                                // Filled between our read and the lease attempt: still a hit.
+                                bump(&inner.counters.hits);
+                            }
+                            guard.finish(FlightState::Done(Arc::new(payload)));
+                            return Ok(value);
+                        }
+                        Err(e) => {
+                            inner.undecodable(loc.key, &e);
+                            force = true;
+                        }
+                    },
+                    Ok(Acquire::Leased) => {
+                        if !waiting {
+                            waiting = true;
+                            bump(&inner.counters.lease_waits);
+                        }
+                        let now = Instant::now();
+                        if now >= deadline {
+                            bump(&inner.counters.lease_timeouts);
+                            break;
+                        }
+                        tokio::time::sleep(backoff.min(deadline - now)).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        inner.fault(&e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(token) = &lease {
+            let backend = inner.backend.clone();
+            let (key, field, shape) = (rendered.key.clone(), rendered.field.clone(), rendered.shape);
+            guard.hold_lease(
+                token.clone(),
+                Box::new(move |token| {
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(async move {
+                            let loc = Loc { key: &key, field: &field, shape };
+                            let _ = backend.release(loc, &token).await;
+                        });
+                    }
+                }),
+            );
+        }
+        bump(&inner.counters.loads);
+        match loader().await {
+            Ok(value) => {
+                match value.encode(codec) {
+                    Ok(payload) => {
+                        if let Some(token) = &lease {
+                            let ttl = strategy.fill_ttl_ms(value.is_negative());
+                            match inner.backend.fill(loc, token, &payload, ttl).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    bump(&inner.counters.stale_fills_rejected);
+                                    tracing::debug!(key = %String::from_utf8_lossy(loc.key), "cacheobj: fill rejected: the key was invalidated or its lease expired during the load");
+                                }
+                                Err(e) => inner.fault(&e),
+                            }
+                        }
+                        guard.finish(FlightState::Done(Arc::new(payload)));
+                    }
+                    Err(e) => {
+                        inner.fault(&Error::Encode(e));
+                        self.release(loc, lease.as_ref()).await;
+                        guard.finish(FlightState::Failed);
+                    }
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                self.release(loc, lease.as_ref()).await;
+                guard.finish(FlightState::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    async fn release(&self, loc: Loc<'_>, lease: Option<&Token>) {
+        if let Some(token) = lease {
+            if let Err(e) = self.inner.backend.release(loc, token).await {
+                self.inner.fault(&e);
+            }
+        }
+    }
+
+    /// XFetch's winner reloads the value while everyone else keeps reading the current one.
+    async fn refresh_early<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        rendered: &Rendered,
+        current_payload: Payload,
+        current: V,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        V: CacheValue<Kd>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let key = rendered.flight_key();
+        if !inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return Ok(current);
+        }
+        let _guard = RefreshGuard {
+            set: &inner.refreshing,
+            key,
+        };
+        bump(&inner.counters.early_refreshes);
+        bump(&inner.counters.loads);
+        let Ok(value) = loader().await else {
+            // The current value is still valid until it expires: serve it.
+            return Ok(current);
+        };
+        let (Payload::Bytes(old), Ok(Payload::Bytes(new))) =
+            (&current_payload, value.encode(strategy.get_codec()))
+        else {
+            return Ok(value);
+        };
+        let ttl = strategy.fill_ttl_ms(value.is_negative());
+        match inner.backend.refill(rendered.loc(), old, &new, ttl).await {
+            Ok(true) => {}
+            Ok(false) => bump(&inner.counters.stale_fills_rejected),
+            Err(e) => inner.fault(&e),
+        }
+        Ok(value)
+    }
+
+    /// Runs a mutation, then detaches in-process loads of the key that may predate it.
+    async fn mutate<T>(
+        &self,
+        rendered: &Rendered,
+        op: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let flight_key = rendered.flight_key();
+        self.inner.flights.forget(&flight_key);
+        let result = op.await;
+        self.inner.flights.forget(&flight_key);
+        result
+    }
+
+    /// Removes the entry: exactly what [`fetch`](Self::fetch) would read. A fill whose load
+    /// began before this call will not land.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed: the entry may still be there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// cache.invalidate(&ITEM, &ItemKey { item_id: 1 }).await?;
+    /// assert!(!cache.exists(&ITEM, &ItemKey { item_id: 1 }).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate<V, K, Kd>(&self, strategy: &Strategy<V, K, Kd>, key: &K) -> Result<(), Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
+        let rendered = self.render(strategy, key)?;
+        self.mutate(&rendered, self.inner.backend.invalidate(rendered.loc()))
+            .await
+    }
+
+    /// Runs `write` (say, a database update), then invalidates the entry: Flask-CacheOBJ's
+    /// `delete_obj`. Nothing is invalidated when `write` fails.
+    ///
+    /// # Errors
+    ///
+    /// `write`'s error, or the invalidation's, converted into `E`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let rows = cache
+    ///     .invalidate_after(&ITEM, &ItemKey { item_id: 1 }, || async {
+    ///         Ok::<u64, cacheobj::Error>(1) // UPDATE items SET ... WHERE id = 1
+    ///     })
+    ///     .await?;
+    /// assert_eq!(rows, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_after<V, K, Kd, F, Fut, T, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        write: F,
+    ) -> Result<T, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let out = write().await?;
+        self.invalidate(strategy, key).await?;
+        Ok(out)
+    }
+
+    /// Deletes the hash field of a [`Hash`] strategy (Flask-CacheOBJ's `hash_del`).
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed: the field may still be there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Hash, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEMS: Strategy<String, ItemKey, Hash> = Strategy::hash("item", "<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// Cache::in_memory().hash_del(&ITEMS, &ItemKey { item_id: 1 }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn hash_del<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Hash>,
+        key: &K,
+    ) -> Result<(), Error> {
+        self.invalidate(strategy, key).await
+    }
+
+    /// Whether a value is cached (a fill in progress does not count).
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// assert!(!Cache::in_memory().exists(&ITEM, &ItemKey { item_id: 1 }).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn exists<V, K, Kd>(&self, strategy: &Strategy<V, K, Kd>, key: &K) -> Result<bool, Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
+        let rendered = self.render(strategy, key)?;
+        Ok(matches!(
+            self.inner.backend.read(rendered.loc()).await?,
+            Lookup::Hit(_)
+        ))
+    }
+
+    /// Adds `delta` to a cached counter. A counter that is not cached stays uncached and this
+    /// returns `None`: inventing a count from `delta` would be wrong (Flask-CacheOBJ's INCR
+    /// does). Use [`incr_or_create`](Self::incr_or_create) for counters that live only in Redis.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed: the counter may not have changed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Counter, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// assert_eq!(cache.incr(&VIEWS, &key, 1).await?, None);
+    /// cache.fetch(&VIEWS, &key, || async { Ok::<_, std::io::Error>(41) }).await?;
+    /// assert_eq!(cache.incr(&VIEWS, &key, 1).await?, Some(42));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn incr<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Counter>,
+        key: &K,
+        delta: i64,
+    ) -> Result<Option<i64>, Error> {
+        let rendered = self.render(strategy, key)?;
+        self.mutate(&rendered, self.inner.backend.incr(rendered.loc(), delta))
+            .await
+    }
+
+    /// Subtracts `delta` from a cached counter; see [`incr`](Self::incr).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for `i64::MIN`; otherwise as [`incr`](Self::incr).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Counter, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// cache.set_counter(&VIEWS, &key, 10).await?;
+    /// assert_eq!(cache.decr(&VIEWS, &key, 3).await?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn decr<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Counter>,
+        key: &K,
+        delta: i64,
+    ) -> Result<Option<i64>, Error> {
+        let delta = delta
+            .checked_neg()
+            .ok_or(Error::InvalidArgument("decr delta must be greater than i64::MIN"))?;
+        self.incr(strategy, key, delta).await
+    }
+
+    /// Adds `delta` to a counter, creating it at `delta` (with the strategy's TTL) when it is
+    /// not there: for counters that live only in Redis, with no loader.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Counter, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// assert_eq!(cache.incr_or_create(&VIEWS, &key, 1).await?, 1);
+    /// assert_eq!(cache.incr_or_create(&VIEWS, &key, 1).await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn incr_or_create<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Counter>,
+        key: &K,
+        delta: i64,
+    ) -> Result<i64, Error> {
+        let rendered = self.render(strategy, key)?;
+        let ttl = strategy.fill_ttl_ms(false);
+        self.mutate(
+            &rendered,
+            self.inner.backend.incr_or_create(rendered.loc(), delta, ttl),
+        )
+        .await
+    }
+
+    /// The cached count, or `None` when it is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Counter, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// assert_eq!(cache.get_counter(&VIEWS, &ItemKey { item_id: 1 }).await?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_counter<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Counter>,
+        key: &K,
+    ) -> Result<Option<i64>, Error> {
+        let rendered = self.render(strategy, key)?;
+        Ok(match self.inner.backend.read(rendered.loc()).await? {
+            Lookup::Hit(Payload::Bytes(b)) => {
+                std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
+            }
+            _ => None,
+        })
+    }
+
+    /// Sets a counter to `value`, with the strategy's TTL; a load in flight will not fill.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Counter, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// cache.set_counter(&VIEWS, &ItemKey { item_id: 1 }, 5).await?;
+    /// assert_eq!(cache.get_counter(&VIEWS, &ItemKey { item_id: 1 }).await?, Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_counter<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Counter>,
+        key: &K,
+        value: i64,
+    ) -> Result<(), Error> {
+        let rendered = self.render(strategy, key)?;
+        let ttl = strategy.fill_ttl_ms(false);
+        let text = value.to_string();
+        self.mutate(
+            &rendered,
+            self.inner
+                .backend
+                .set_string(rendered.loc(), text.as_bytes(), ttl),
+        )
+        .await
+    }
+
+    fn encode_elems<V: Collection, K, Kd>(
+        strategy: &Strategy<V, K, Kd>,
+        elems: &[V::Elem],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        elems
+            .iter()
+            .map(|e| encode_text(strategy.get_codec(), e))
+            .collect::<Result<_, _>>()
+            .map_err(Error::Encode)
+    }
+
+    async fn push<V: Collection, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        let rendered = self.render(strategy, key)?;
+        let elems = Self::encode_elems(strategy, elems)?;
+        self.mutate(&rendered, self.inner.backend.push(rendered.loc(), &elems))
+            .await
+    }
+
+    async fn remove<V: Collection, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        let rendered = self.render(strategy, key)?;
+        let elems = Self::encode_elems(strategy, elems)?;
+        self.mutate(&rendered, self.inner.backend.remove(rendered.loc(), &elems))
+            .await
+    }
+
+    async fn len<V, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<Option<u64>, Error> {
+        let rendered = self.render(strategy, key)?;
+        self.inner.backend.len(rendered.loc()).await
+    }
+
+    /// Appends elements to a cached list and returns its new length; `None` when the list is
+    /// not cached (it stays uncached, and a load in flight will not fill).
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, an element did not encode, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, List, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct GroupKey { group_id: u64 }
+    /// const MEMBERS: Strategy<Vec<u64>, GroupKey, List> = Strategy::list("members:<group_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = GroupKey { group_id: 1 };
+    /// cache.fetch(&MEMBERS, &key, || async { Ok::<_, std::io::Error>(vec![1, 2]) }).await?;
+    /// assert_eq!(cache.list_push(&MEMBERS, &key, &[3]).await?, Some(3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_push<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, List>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        self.push(strategy, key, elems).await
+    }
+
+    /// Removes every occurrence of the elements from a cached list and returns its new length;
+    /// `None` when it is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, an element did not encode, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, List, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct GroupKey { group_id: u64 }
+    /// # const MEMBERS: Strategy<Vec<u64>, GroupKey, List> = Strategy::list("members:<group_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = GroupKey { group_id: 1 };
+    /// cache.fetch(&MEMBERS, &key, || async { Ok::<_, std::io::Error>(vec![1, 2]) }).await?;
+    /// assert_eq!(cache.list_remove(&MEMBERS, &key, &[1]).await?, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_remove<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, List>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        self.remove(strategy, key, elems).await
+    }
+
+    /// The length of a cached list; `None` when it is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, List, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct GroupKey { group_id: u64 }
+    /// # const MEMBERS: Strategy<Vec<u64>, GroupKey, List> = Strategy::list("members:<group_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// assert_eq!(Cache::in_memory().list_len(&MEMBERS, &GroupKey { group_id: 1 }).await?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_len<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, List>,
+        key: &K,
+    ) -> Result<Option<u64>, Error> {
+        self.len(strategy, key).await
+    }
+
+    /// Adds elements to a cached set and returns its new size; `None` when it is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, an element did not encode, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Set, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const TAGS: Strategy<Vec<String>, ItemKey, Set> = Strategy::set("tags:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// cache.fetch(&TAGS, &key, || async { Ok::<_, std::io::Error>(vec!["a".to_string()]) }).await?;
+    /// assert_eq!(cache.set_add(&TAGS, &key, &["b".to_string()]).await?, Some(2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_add<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Set>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        self.push(strategy, key, elems).await
+    }
+
+    /// Removes elements from a cached set and returns its new size; `None` when it is not
+    /// cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, an element did not encode, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Set, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const TAGS: Strategy<Vec<String>, ItemKey, Set> = Strategy::set("tags:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// cache.fetch(&TAGS, &key, || async { Ok::<_, std::io::Error>(vec!["a".to_string()]) }).await?;
+    /// assert_eq!(cache.set_rem(&TAGS, &key, &["a".to_string()]).await?, Some(0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_rem<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Set>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        self.remove(strategy, key, elems).await
+    }
+
+    /// The size of a cached set; `None` when it is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Set, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const TAGS: Strategy<Vec<String>, ItemKey, Set> = Strategy::set("tags:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// assert_eq!(Cache::in_memory().set_len(&TAGS, &ItemKey { item_id: 1 }).await?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_len<V, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Set>,
+        key: &K,
+    ) -> Result<Option<u64>, Error> {
+        self.len(strategy, key).await
+    }
+
+    /// Whether a cached set holds `elem`; `None` when the set is not cached.
+    ///
+    /// # Errors
+    ///
+    /// The key did not render, the element did not encode, or Redis failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Set, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const TAGS: Strategy<Vec<String>, ItemKey, Set> = Strategy::set("tags:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let key = ItemKey { item_id: 1 };
+    /// cache.fetch(&TAGS, &key, || async { Ok::<_, std::io::Error>(vec!["a".to_string()]) }).await?;
+    /// assert_eq!(cache.set_contains(&TAGS, &key, &"a".to_string()).await?, Some(true));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_contains<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Set>,
+        key: &K,
+        elem: &V::Elem,
+    ) -> Result<Option<bool>, Error> {
+        let rendered = self.render(strategy, key)?;
+        let elem = encode_text(strategy.get_codec(), elem).map_err(Error::Encode)?;
+        self.inner.backend.contains(rendered.loc(), &elem).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfetch_never_refreshes_without_ttl_and_always_at_expiry() {
+        assert!(!should_refresh(None, 100));
+        assert!(should_refresh(Some(0), 100));
+        // With 100 s left and a 1 ms load, a refresh needs u < e^-100000: never in practice.
+        assert!(!(0..1000).any(|_| should_refresh(Some(100_000), 1)));
+    }
+}

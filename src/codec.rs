@@ -1,0 +1,369 @@
+//! How values become bytes: the strategy's [`Codec`] for structured values, and plain text for
+//! counters and for integer and string elements of lists and sets.
+
+use serde::de::{self, DeserializeOwned, Visitor};
+use serde::ser::{self, Impossible, Serialize};
+
+use crate::error::CodecError;
+
+/// The binary encoding of obj and hash values, and of list and set elements that are not
+/// integers, floats, booleans or strings. Chosen per strategy with
+/// [`Strategy::codec`](crate::Strategy::codec), never at the call site.
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{CacheKey, Codec, Strategy};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Item { id: u64 }
+/// #[derive(Serialize, CacheKey)]
+/// struct ItemKey { item_id: u64 }
+///
+/// const COMPACT: Strategy<Item, ItemKey> =
+///     Strategy::<Item, ItemKey>::obj("item:<item_id>").codec(Codec::Postcard);
+/// assert_eq!(COMPACT.get_codec(), Codec::Postcard);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// MessagePack with struct fields by name (rmp-serde's `to_vec_named`), readable by any
+    /// MessagePack decoder. The default.
+    #[default]
+    MessagePack,
+    /// postcard: compact, positional, Rust-only. Smaller and faster; changing a struct's fields
+    /// needs a [`Strategy::version`](crate::Strategy::version) bump.
+    Postcard,
+}
+
+impl Codec {
+    pub(crate) fn encode<V: Serialize + ?Sized>(self, value: &V) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Codec::MessagePack => {
+                rmp_serde::to_vec_named(value).map_err(CodecError::MessagePackEncode)
+            }
+            Codec::Postcard => postcard::to_stdvec(value).map_err(CodecError::Postcard),
+        }
+    }
+
+    pub(crate) fn decode<V: DeserializeOwned>(self, bytes: &[u8]) -> Result<V, CodecError> {
+        match self {
+            Codec::MessagePack => {
+                rmp_serde::from_slice(bytes).map_err(CodecError::MessagePackDecode)
+            }
+            Codec::Postcard => postcard::from_bytes(bytes).map_err(CodecError::Postcard),
+        }
+    }
+}
+
+/// Encodes a counter value or a collection element: integers, floats, booleans, chars and
+/// strings as plain text (as Flask-CacheOBJ stores them), anything else with `codec`.
+pub(crate) fn encode_text<V: Serialize + ?Sized>(
+    codec: Codec,
+    value: &V,
+) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    match value.serialize(TextWriter { out: &mut out }) {
+        Ok(()) => Ok(out),
+        Err(TextError::NotText) => codec.encode(value),
+        Err(TextError::Codec(e)) => Err(e),
+    }
+}
+
+/// Decodes what [`encode_text`] wrote.
+pub(crate) fn decode_text<V: DeserializeOwned>(
+    codec: Codec,
+    bytes: &[u8],
+) -> Result<V, CodecError> {
+    V::deserialize(TextReader { bytes, codec })
+}
+
+#[derive(Debug)]
+enum TextError {
+    NotText,
+    Codec(CodecError),
+}
+
+impl std::fmt::Display for TextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextError::NotText => f.write_str("not a plain-text value"),
+            TextError::Codec(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TextError {}
+
+impl ser::Error for TextError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        TextError::Codec(CodecError::Custom(msg.to_string()))
+    }
+}
+
+struct TextWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl TextWriter<'_> {
+    fn text(self, s: impl std::fmt::Display) -> Result<(), TextError> {
+        use std::io::Write;
+        write!(self.out, "{s}").map_err(|e| TextError::Codec(CodecError::Custom(e.to_string())))
+    }
+}
+
+macro_rules! text_methods {
+    ($($method:ident($ty:ty);)*) => {$(
+        fn $method(self, v: $ty) -> Result<(), TextError> {
+            self.text(v)
+        }
+    )*};
+}
+
+impl ser::Serializer for TextWriter<'_> {
+    type Ok = ();
+    type Error = TextError;
+    type SerializeSeq = Impossible<(), TextError>;
+    type SerializeTuple = Impossible<(), TextError>;
+    type SerializeTupleStruct = Impossible<(), TextError>;
+    type SerializeTupleVariant = Impossible<(), TextError>;
+    type SerializeMap = Impossible<(), TextError>;
+    type SerializeStruct = Impossible<(), TextError>;
+    type SerializeStructVariant = Impossible<(), TextError>;
+
+    text_methods! {
+        serialize_bool(bool); serialize_i8(i8); serialize_i16(i16); serialize_i32(i32);
+        serialize_i64(i64); serialize_i128(i128); serialize_u8(u8); serialize_u16(u16);
+        serialize_u32(u32); serialize_u64(u64); serialize_u128(u128); serialize_f32(f32);
+        serialize_f64(f64); serialize_char(char); serialize_str(&str);
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), TextError> {
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), TextError> {
+        value.serialize(self)
+    }
+    fn serialize_none(self) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_unit(self) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, TextError> {
+        Err(TextError::NotText)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, TextError> {
+        Err(TextError::NotText)
+    }
+}
+
+/// Reads plain text for the primitive types [`TextWriter`] writes, and hands everything else to
+/// the codec. Which one applies follows from the requested type, as on the writing side.
+struct TextReader<'a> {
+    bytes: &'a [u8],
+    codec: Codec,
+}
+
+impl<'a> TextReader<'a> {
+    fn str(&self, what: &'static str) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes).map_err(|_| CodecError::Text(what))
+    }
+
+    fn parse<T: std::str::FromStr>(&self, what: &'static str) -> Result<T, CodecError> {
+        self.str(what)?.parse().map_err(|_| CodecError::Text(what))
+    }
+}
+
+macro_rules! parse_methods {
+    ($($method:ident => $visit:ident($ty:ty, $what:literal);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, CodecError> {
+            visitor.$visit(self.parse::<$ty>($what)?)
+        }
+    )*};
+}
+
+macro_rules! codec_methods {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, CodecError> {
+            match self.codec {
+                Codec::MessagePack => {
+                    let mut de = rmp_serde::Deserializer::from_read_ref(self.bytes);
+                    de::Deserializer::$method(&mut de, $($arg,)* visitor)
+                        .map_err(CodecError::MessagePackDecode)
+                }
+                Codec::Postcard => {
+                    let mut de = postcard::Deserializer::from_bytes(self.bytes);
+                    de::Deserializer::$method(&mut de, $($arg,)* visitor)
+                        .map_err(CodecError::Postcard)
+                }
+            }
+        }
+    )*};
+}
+
+impl<'de, 'a: 'de> de::Deserializer<'de> for TextReader<'a> {
+    type Error = CodecError;
+
+    parse_methods! {
+        deserialize_bool => visit_bool(bool, "boolean");
+        deserialize_i8 => visit_i8(i8, "integer");
+        deserialize_i16 => visit_i16(i16, "integer");
+        deserialize_i32 => visit_i32(i32, "integer");
+        deserialize_i64 => visit_i64(i64, "integer");
+        deserialize_i128 => visit_i128(i128, "integer");
+        deserialize_u8 => visit_u8(u8, "integer");
+        deserialize_u16 => visit_u16(u16, "integer");
+        deserialize_u32 => visit_u32(u32, "integer");
+        deserialize_u64 => visit_u64(u64, "integer");
+        deserialize_u128 => visit_u128(u128, "integer");
+        deserialize_f32 => visit_f32(f32, "float");
+        deserialize_f64 => visit_f64(f64, "float");
+        deserialize_char => visit_char(char, "char");
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, CodecError> {
+        visitor.visit_borrowed_str(self.str("UTF-8 string")?)
+    }
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, CodecError> {
+        self.deserialize_str(visitor)
+    }
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, CodecError> {
+        visitor.visit_borrowed_bytes(self.bytes)
+    }
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, CodecError> {
+        self.deserialize_bytes(visitor)
+    }
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, CodecError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    codec_methods! {
+        deserialize_any();
+        deserialize_option();
+        deserialize_unit();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_seq();
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+        deserialize_identifier();
+        deserialize_ignored_any();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Member {
+        id: u64,
+        role: String,
+    }
+
+    #[test]
+    fn integers_and_strings_are_plain_text() {
+        assert_eq!(encode_text(Codec::MessagePack, &42u64).unwrap(), b"42");
+        assert_eq!(encode_text(Codec::MessagePack, &-7i64).unwrap(), b"-7");
+        assert_eq!(encode_text(Codec::MessagePack, "tag").unwrap(), b"tag");
+        assert_eq!(decode_text::<i64>(Codec::MessagePack, b"-7").unwrap(), -7);
+        assert_eq!(
+            decode_text::<String>(Codec::MessagePack, b"tag").unwrap(),
+            "tag"
+        );
+    }
+
+    #[test]
+    fn structs_fall_back_to_the_codec() {
+        for codec in [Codec::MessagePack, Codec::Postcard] {
+            let m = Member {
+                id: 3,
+                role: "admin".into(),
+            };
+            let bytes = encode_text(codec, &m).unwrap();
+            assert_eq!(bytes, codec.encode(&m).unwrap());
+            assert_eq!(decode_text::<Member>(codec, &bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_text::<u64>(Codec::MessagePack, b"12x").is_err());
+        assert!(decode_text::<String>(Codec::MessagePack, &[0xff, 0xfe]).is_err());
+        assert!(decode_text::<Member>(Codec::MessagePack, &[0xdb, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(Codec::Postcard.decode::<Member>(&[0xff; 3]).is_err());
+    }
+}

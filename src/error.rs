@@ -1,0 +1,180 @@
+//! The library's error types.
+
+use std::error::Error as StdError;
+
+/// An error from a cache operation.
+///
+/// `fetch` never returns this type: it fails open and runs the loader instead. Mutations
+/// (`invalidate`, `incr`, ...) return it, so a caller knows when an invalidation did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// A key could not be rendered from its template.
+    #[error("cache key could not be rendered")]
+    Key(#[from] KeyError),
+    /// A value could not be encoded for storage.
+    #[error("value could not be encoded")]
+    Encode(#[source] CodecError),
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the configured response timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// Redis failed recently and the cache is not trying it again until the retry interval has
+    /// passed (see [`CacheConfig::retry_interval`](crate::CacheConfig::retry_interval)).
+    #[error("redis is unavailable: it failed recently and is retried after the retry interval")]
+    Unavailable,
+}
+
+impl Error {
+    /// Whether this error says that Redis could not be reached or did not answer in time, as
+    /// opposed to an error in the request itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = cacheobj::Error::Unavailable;
+    /// assert!(err.is_unavailable());
+    /// ```
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Timeout(_) | Error::Unavailable => true,
+            Error::Redis(e) => is_connection_error(e),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+}
+
+/// An invalid configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An environment variable holds a value that cannot be parsed.
+    #[error("environment variable {name} has an invalid value {value:?}: expected {expected}")]
+    Env {
+        /// The variable's name.
+        name: &'static str,
+        /// The value found.
+        value: String,
+        /// What was expected instead.
+        expected: &'static str,
+    },
+    /// The host is empty.
+    #[error("host is empty: set a host name or address, such as \"localhost\"")]
+    EmptyHost,
+    /// The port is 0.
+    #[error("port 0 is not a valid redis port: use the server's port, 6379 by default")]
+    ZeroPort,
+    /// The database index is negative.
+    #[error("db {0} is negative: redis databases are numbered from 0")]
+    NegativeDb(i64),
+    /// A timeout or interval is zero.
+    #[error("{0} is zero: give it a positive duration")]
+    ZeroDuration(&'static str),
+    /// The maximum key length is too small to hold the prefix.
+    #[error("max_key_len {max} cannot hold the {prefix}-byte prefix")]
+    KeyLimit {
+        /// The configured maximum.
+        max: usize,
+        /// The prefix's length in bytes.
+        prefix: usize,
+    },
+    /// The URL could not be parsed.
+    #[error("invalid redis url")]
+    Url(#[source] redis::RedisError),
+}
+
+/// A key that could not be rendered from its template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key type did not serialize as a struct.
+    #[error("cache keys must serialize as a struct with named fields")]
+    NotAStruct,
+    /// A field's value has a type that cannot be written into a key.
+    #[error("field `{field}` cannot be written into a key: {what} values are not supported (use numbers, strings, booleans, chars, unit enum variants or options of these)")]
+    Unsupported {
+        /// The field.
+        field: &'static str,
+        /// The serde data model type that was found.
+        what: &'static str,
+    },
+    /// A field the template names was not serialized.
+    #[error("field `{0}` named by the template was not serialized by the key")]
+    MissingField(&'static str),
+    /// The rendered key is longer than the configured limit.
+    #[error("rendered key is {len} bytes, more than the limit of {max}")]
+    TooLong {
+        /// The rendered key's length.
+        len: usize,
+        /// The limit ([`CacheConfig::max_key_len`](crate::CacheConfig::max_key_len)).
+        max: usize,
+    },
+    /// A custom serializer error.
+    #[error("key serialization failed: {0}")]
+    Custom(String),
+}
+
+impl serde::ser::Error for KeyError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        KeyError::Custom(msg.to_string())
+    }
+}
+
+/// A value that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// MessagePack encoding failed.
+    #[error("messagepack encoding failed")]
+    MessagePackEncode(#[source] rmp_serde::encode::Error),
+    /// MessagePack decoding failed.
+    #[error("messagepack decoding failed")]
+    MessagePackDecode(#[source] rmp_serde::decode::Error),
+    /// postcard encoding or decoding failed.
+    #[error("postcard encoding or decoding failed")]
+    Postcard(#[source] postcard::Error),
+    /// A plain-text element or counter could not be parsed.
+    #[error("stored text is not a valid {0}")]
+    Text(&'static str),
+    /// Another serde error.
+    #[error("{0}")]
+    Custom(String),
+}
+
+impl serde::ser::Error for CodecError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        CodecError::Custom(msg.to_string())
+    }
+}
+
+impl serde::de::Error for CodecError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        CodecError::Custom(msg.to_string())
+    }
+}
+
+// Compile-time proof that errors can cross threads and live in `Box<dyn Error + Send + Sync>`.
+const _: fn() = || {
+    fn check<T: StdError + Send + Sync + 'static>() {}
+    check::<Error>();
+    check::<ConfigError>();
+    check::<KeyError>();
+    check::<CodecError>();
+};

@@ -1,0 +1,181 @@
+//! In-process coalescing: concurrent fetches of one key share one load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::backend::Token;
+use crate::value::Payload;
+
+/// A fetch's identity: the rendered key and, for hash strategies, the field.
+pub(crate) type FlightKey = (Vec<u8>, Vec<u8>);
+
+/// How a flight ended, as its waiters see it.
+#[derive(Debug, Clone)]
+pub(crate) enum FlightState {
+    Pending,
+    /// The leader loaded (or read) this value.
+    Done(Arc<Payload>),
+    /// The leader's loader failed: each waiter runs its own loader.
+    Failed,
+    /// The leader was dropped mid-flight; a waiter takes over, inheriting its fill lease.
+    Abandoned(Option<Token>),
+}
+
+type Map = Arc<Mutex<HashMap<FlightKey, Arc<watch::Sender<FlightState>>>>>;
+
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    map: Map,
+}
+
+pub(crate) enum Role {
+    Leader(LeaderGuard),
+    Waiter(watch::Receiver<FlightState>),
+}
+
+fn lock(map: &Map) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<watch::Sender<FlightState>>>> {
+    // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Flights {
+    /// Joins the flight for `key`, leading it if there is none.
+    pub(crate) fn join(&self, key: FlightKey) -> Role {
+        let mut map = lock(&self.map);
+        if let Some(tx) = map.get(&key) {
+            return Role::Waiter(tx.subscribe());
+        }
+        let tx = Arc::new(watch::channel(FlightState::Pending).0);
+        map.insert(key.clone(), tx.clone());
+        drop(map);
+        Role::Leader(LeaderGuard {
+            map: self.map.clone(),
+            key,
+            tx,
+            lease: None,
+            on_orphaned_lease: None,
+            finished: false,
+        })
+    }
+
+    /// Detaches the flight for `key`, so fetches that start from now on do not join a load
+    /// that may have begun before an invalidation.
+    pub(crate) fn forget(&self, key: &FlightKey) {
+        lock(&self.map).remove(key);
+    }
+}
+
+/// Waits until the flight ends.
+pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> FlightState {
+    match rx
+        .wait_for(|s| !matches!(s, FlightState::Pending))
+        .await
+    {
+        Ok(state) => state.clone(),
+        // The leader's guard always reports before it goes; this is only for safety.
+        Err(_) => FlightState::Abandoned(None),
+    }
+}
+
+type ReleaseFn = Box<dyn FnOnce(Token) + Send + Sync>;
+
+/// Held by the fetch that leads a flight. Dropping it unfinished (the fetch was cancelled)
+/// hands its lease to a waiter, or releases the lease when nobody waits.
+pub(crate) struct LeaderGuard {
+    map: Map,
+    key: FlightKey,
+    tx: Arc<watch::Sender<FlightState>>,
+    lease: Option<Token>,
+    on_orphaned_lease: Option<ReleaseFn>,
+    finished: bool,
+}
+
+impl LeaderGuard {
+    /// Records the fill lease the leader holds, and how to release it if the leader is
+    /// dropped with no one to hand it to.
+    pub(crate) fn hold_lease(&mut self, token: Token, release: ReleaseFn) {
+        self.lease = Some(token);
+        self.on_orphaned_lease = Some(release);
+    }
+
+    pub(crate) fn finish(&mut self, state: FlightState) {
+        self.finished = true;
+        {
+            let mut map = lock(&self.map);
+            if map.get(&self.key).is_some_and(|tx| Arc::ptr_eq(tx, &self.tx)) {
+                map.remove(&self.key);
+            }
+        }
+        self.tx.send_replace(state);
+    }
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let lease = self.lease.take();
+        let has_waiters = self.tx.receiver_count() > 0;
+        if let (false, Some(token), Some(release)) =
+            (has_waiters, lease.clone(), self.on_orphaned_lease.take())
+        {
+            release(token);
+        }
+        self.finish(FlightState::Abandoned(lease));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FlightKey {
+        (b"k".to_vec(), Vec::new())
+    }
+
+    #[tokio::test]
+    async fn second_joiner_waits_for_the_first() {
+        let flights = Flights::default();
+        let Role::Leader(mut leader) = flights.join(key()) else {
+            panic!("first joiner must lead");
+        };
+        let Role::Waiter(rx) = flights.join(key()) else {
+            panic!("second joiner must wait");
+        };
+        leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
+        assert!(matches!(wait(rx).await, FlightState::Done(p) if *p == Payload::Bytes(b"v".to_vec())));
+        assert!(matches!(flights.join(key()), Role::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_hands_over_its_lease() {
+        let flights = Flights::default();
+        let Role::Leader(mut leader) = flights.join(key()) else {
+            panic!("first joiner must lead");
+        };
+        let token = Token::new();
+        leader.hold_lease(token.clone(), Box::new(|_| panic!("must not release: a waiter inherits")));
+        let Role::Waiter(rx) = flights.join(key()) else {
+            panic!("second joiner must wait");
+        };
+        drop(leader);
+        assert!(matches!(wait(rx).await, FlightState::Abandoned(Some(t)) if t == token));
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_without_waiters_releases() {
+        let flights = Flights::default();
+        let Role::Leader(mut leader) = flights.join(key()) else {
+            panic!("first joiner must lead");
+        };
+        let released = Arc::new(Mutex::new(None));
+        let seen = released.clone();
+        let token = Token::new();
+        leader.hold_lease(token.clone(), Box::new(move |t| *seen.lock().unwrap() = Some(t)));
+        drop(leader);
+        assert_eq!(released.lock().unwrap().clone(), Some(token));
+    }
+}

@@ -1,0 +1,55 @@
+//! Marker types for the kinds of strategy.
+
+/// How a kind lays its value out in Redis.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// One string value under one key.
+    Str,
+    /// A Redis LIST.
+    List,
+    /// A Redis SET.
+    Set,
+    /// One field of a Redis HASH.
+    Hash,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The kind of a [`Strategy`](crate::Strategy): [`Obj`], [`Counter`], [`List`], [`Set`] or
+/// [`Hash`]. Sealed: the kinds are this crate's.
+pub trait Kind: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// How the kind is laid out in Redis.
+    #[doc(hidden)]
+    const SHAPE: Shape;
+}
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident => $shape:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub struct $name;
+        impl sealed::Sealed for $name {}
+        impl Kind for $name {
+            const SHAPE: Shape = Shape::$shape;
+        }
+    )*};
+}
+
+kinds! {
+    /// One value under one key, encoded by the strategy's [`Codec`](crate::Codec)
+    /// (Flask-CacheOBJ's `cache_obj`).
+    Obj => Str;
+    /// An integer stored as decimal text, so that Redis can `INCRBY` it
+    /// (Flask-CacheOBJ's `cache_counter`).
+    Counter => Str;
+    /// An ordered Redis LIST (Flask-CacheOBJ's `cache_list` stores a SET; see [`Set`]).
+    List => List;
+    /// An unordered Redis SET.
+    Set => Set;
+    /// One field of a Redis HASH whose key may itself be a template
+    /// (Flask-CacheOBJ's `cache_hash`).
+    Hash => Hash;
+}

@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+// Lets `#[derive(CacheKey)]`, which names `::cacheobj`, work inside this crate's own tests.
+#[cfg(test)]
+extern crate self as cacheobj;
+
+mod backend;
+mod cache;
+mod codec;
+mod config;
+mod error;
+mod flight;
+mod key;
+mod kind;
+mod stats;
+mod strategy;
+mod template;
+mod value;
+
+pub use cache::Cache;
+pub use cacheobj_derive::CacheKey;
+pub use codec::Codec;
+pub use config::CacheConfig;
+pub use error::{CodecError, ConfigError, Error, KeyError};
+pub use key::CacheKey;
+pub use kind::{Counter, Hash, Kind, List, Obj, Set};
+pub use stats::Stats;
+pub use strategy::{Strategy, DEFAULT_LEASE};
+pub use value::{CacheValue, Collection};
+
+/// The `redis` crate this library is built on, for building clients and connections to hand to
+/// [`Cache::from_client`] and [`Cache::from_connection`].
+pub use redis;

@@ -1,0 +1,76 @@
+//! Counters that make fail-open and the herd protections visible.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a [`Cache`](crate::Cache)'s counters, shared by all its clones.
+///
+/// # Examples
+///
+/// ```
+/// let stats = cacheobj::Cache::in_memory().stats();
+/// assert_eq!(stats.hits, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Fetches answered from the cache.
+    pub hits: u64,
+    /// Fetches that did not find a usable value in the cache.
+    pub misses: u64,
+    /// Loader calls made by fetches.
+    pub loads: u64,
+    /// Cache operations that failed (Redis down, slow, refusing; a key that did not render; a
+    /// value that did not encode). `fetch` ran the loader instead.
+    pub errors: u64,
+    /// Values read from the cache that could not be decoded (garbage, another type, an old
+    /// version); each was treated as a miss and overwritten.
+    pub undecodable: u64,
+    /// Fetches that waited for another fetch of the same key in this process instead of loading.
+    pub coalesced_waits: u64,
+    /// Fetches that waited for a fill lease held by another process or `Cache`.
+    pub lease_waits: u64,
+    /// Lease waits that gave up after the lease time and loaded themselves.
+    pub lease_timeouts: u64,
+    /// Fills that did not land because the key was invalidated or changed during the load, or
+    /// the lease expired: each would have cached a possibly stale value.
+    pub stale_fills_rejected: u64,
+    /// Early refreshes of hot keys (XFetch) that were started.
+    pub early_refreshes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) undecodable: AtomicU64,
+    pub(crate) coalesced_waits: AtomicU64,
+    pub(crate) lease_waits: AtomicU64,
+    pub(crate) lease_timeouts: AtomicU64,
+    pub(crate) stale_fills_rejected: AtomicU64,
+    pub(crate) early_refreshes: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            loads: get(&self.loads),
+            errors: get(&self.errors),
+            undecodable: get(&self.undecodable),
+            coalesced_waits: get(&self.coalesced_waits),
+            lease_waits: get(&self.lease_waits),
+            lease_timeouts: get(&self.lease_timeouts),
+            stale_fills_rejected: get(&self.stale_fills_rejected),
+            early_refreshes: get(&self.early_refreshes),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Shared helpers for the integration tests (each test file does `mod support;`).
+//!
+//! * [`redis_url`] / [`raw_conn`] / [`unique_prefix`]: the shared throwaway Redis
+//!   that `scripts/test.sh` starts (`CACHEOBJ_TEST_REDIS_URL`). Tests never skip
+//!   silently: without the variable they panic.
+//! * [`RedisServer`]: a private `redis-server` per test, for tests that need to
+//!   stop, restart, pause or resume the server.
+//!
+//! Only std + tokio + redis are used; signals go through the `kill` command.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Environment variable holding the URL of the shared test Redis.
+pub const REDIS_URL_ENV: &str = "CACHEOBJ_TEST_REDIS_URL";
+/// Environment variable holding the path of the `redis-server` binary.
+pub const REDIS_SERVER_ENV: &str = "CACHEOBJ_REDIS_SERVER";
+
+/// How long a freshly started `redis-server` may take to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times [`RedisServer::start`] / [`RedisServer::restart`] try to bind.
+const START_ATTEMPTS: usize = 5;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// URL of the shared throwaway Redis started by `scripts/test.sh`.
+///
+/// Panics if `CACHEOBJ_TEST_REDIS_URL` is not set: tests never skip silently.
+pub fn redis_url() -> String {
+    match std::env::var(REDIS_URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "CACHEOBJ_TEST_REDIS_URL is not set: run the suite with `bash scripts/test.sh`, \
+             which starts a throwaway redis-server"
+        ),
+    }
+}
+
+/// A key prefix unique to this call, e.g. `t:my_test:1234:1700000000000000000:7:`,
+/// so tests running in parallel never touch each other's keys.
+pub fn unique_prefix(test_name: &str) -> String {
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("t:{test_name}:{pid}:{nanos}:{n}:")
+}
+
+/// A multiplexed connection to the shared test Redis ([`redis_url`]).
+pub async fn raw_conn() -> redis::aio::MultiplexedConnection {
+    raw_conn_to(&redis_url()).await
+}
+
+/// A multiplexed connection to `url`; panics with a clear message on failure.
+pub async fn raw_conn_to(url: &str) -> redis::aio::MultiplexedConnection {
+    let client =
+        redis::Client::open(url).unwrap_or_else(|e| panic!("invalid Redis URL {url:?}: {e}"));
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!("cannot connect to Redis at {url}: {e}"),
+        Err(_) => panic!("timed out after 10 s connecting to Redis at {url}"),
+    }
+}
+
+/// The `redis-server` binary: `$CACHEOBJ_REDIS_SERVER`, else `redis-server` on PATH.
+fn redis_server_binary() -> PathBuf {
+    match std::env::var_os(REDIS_SERVER_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("redis-server"),
+    }
+}
+
+/// A free loopback TCP port (bound to port 0, then released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to pick a free port: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("cannot read the local address of a bound socket: {e}"))
+        .port()
+}
+
+fn unique_temp_dir() -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "cacheobj-test-redis-{}-{nanos}-{n}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", dir.display()));
+    dir
+}
+
+fn read_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for name in ["redis.log", "stdout.log"] {
+        if let Ok(s) = fs::read_to_string(dir.join(name)) {
+            out.push_str(&format!("--- {name} ---\n{s}"));
+        }
+    }
+    out
+}
+
+/// Sends `kill -<signal> <pid>`; returns whether it succeeded.
+fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Checks over raw RESP that the server on `port` answers PING with +PONG and
+/// that it is the process `pid` (so we never mistake another server for ours).
+fn probe(port: u16, pid: u32) -> bool {
+    fn inner(port: u16, pid: u32) -> std::io::Result<bool> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        stream.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line != "+PONG\r\n" {
+            return Ok(false); // e.g. -LOADING: not ready yet
+        }
+        stream.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        let Some(len) = line
+            .strip_prefix('$')
+            .and_then(|l| l.trim_end().parse::<usize>().ok())
+        else {
+            return Ok(false);
+        };
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        let body = String::from_utf8_lossy(&body);
+        let expected = format!("process_id:{pid}");
+        Ok(body.lines().any(|l| l.trim_end() == expected))
+    }
+    inner(port, pid).unwrap_or(false)
+}
+
+/// A private, throwaway `redis-server` on a free loopback port, with its own
+/// temp dir and no persistence. Killed (and its dir removed) on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a new server on a free loopback port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let dir = unique_temp_dir();
+        let mut last_err = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match spawn_ready(port, &dir) {
+                Ok(child) => return RedisServer { port, child, dir },
+                // Most likely somebody grabbed the port in between: try another one.
+                Err(e) => last_err = e,
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        panic!(
+            "could not start a throwaway redis-server after {START_ATTEMPTS} attempts: {last_err}"
+        );
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL, also works while paused) and reaps it.
+    /// The port stays known so [`restart`](Self::restart) can reuse it.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server if it is running, then starts a new one on the same port
+    /// and waits until it answers PING. Retries a few times in case the port is
+    /// briefly unavailable.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut last_err = String::new();
+        for attempt in 0..START_ATTEMPTS {
+            if attempt > 0 {
+                thread::sleep(Duration::from_millis(200 * attempt as u64));
+            }
+            match spawn_ready(self.port, &self.dir) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!(
+            "could not restart redis-server on 127.0.0.1:{} after {START_ATTEMPTS} attempts: {last_err}",
+            self.port
+        );
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) {
+        let pid = self.child.id();
+        assert!(
+            send_signal(pid, "STOP"),
+            "`kill -STOP {pid}` failed (is the redis-server still running?)"
+        );
+    }
+
+    /// Unfreezes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        let pid = self.child.id();
+        assert!(
+            send_signal(pid, "CONT"),
+            "`kill -CONT {pid}` failed (is the redis-server still running?)"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // Only signal a child that has not been reaped (its pid could be reused).
+        if matches!(self.child.try_wait(), Ok(None)) {
+            send_signal(self.child.id(), "CONT");
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Spawns `redis-server` on `port` with `dir` as working dir and waits (up to
+/// [`READY_TIMEOUT`]) until it answers PING. On failure the child is reaped and
+/// an error (with the server's log) is returned.
+fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
+    let bin = redis_server_binary();
+    let out = File::create(dir.join("stdout.log"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.join("stdout.log").display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("cannot clone log file handle: {e}"))?;
+    let mut child = Command::new(&bin)
+        .arg("--port")
+        .arg(port.to_string())
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {:?}: {e}. Install redis-server or set {REDIS_SERVER_ENV} \
+                 (`bash scripts/test.sh` does both)",
+                bin
+            )
+        });
+    let pid = child.id();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return Err(format!(
+                    "redis-server on port {port} exited early ({status})\n{}",
+                    read_logs(dir)
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot poll redis-server: {e}")),
+        }
+        if probe(port, pid) {
+            return Ok(child);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "redis-server on 127.0.0.1:{port} did not answer PING with +PONG within {:?}\n{}",
+                READY_TIMEOUT,
+                read_logs(dir)
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
