@@ -72,6 +72,16 @@ impl fmt::Debug for Cache {
     }
 }
 
+/// Where an entry lives in Redis; see [`Cache::entry_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct EntryKey {
+    /// The Redis key, prefix included.
+    pub key: Vec<u8>,
+    /// The hash field, for [`Hash`] strategies.
+    pub field: Option<Vec<u8>>,
+}
+
 /// A rendered key and hash field.
 struct Rendered {
     key: Vec<u8>,
@@ -326,6 +336,38 @@ impl Cache {
             key: out,
             field,
             shape: Kd::SHAPE,
+        })
+    }
+
+    /// Where an entry lives: the Redis key (prefix included) and, for [`Hash`] strategies, the
+    /// hash field. For debugging, and for tools that inspect Redis directly.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError`] when the key does not render or is longer than
+    /// [`CacheConfig::max_key_len`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>").version(2);
+    /// let cache = Cache::in_memory_with(cacheobj::CacheConfig::builder().prefix("app:").build())?;
+    /// let entry = cache.entry_key(&ITEM, &ItemKey { item_id: 5 })?;
+    /// assert_eq!(entry.key, b"app:item:5#v2");
+    /// assert_eq!(entry.field, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn entry_key<V, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<EntryKey, KeyError> {
+        let rendered = self.render(strategy, key)?;
+        Ok(EntryKey {
+            key: rendered.key,
+            field: (Kd::SHAPE == Shape::Hash).then_some(rendered.field),
         })
     }
 

@@ -20,7 +20,7 @@ mod strategy;
 mod template;
 mod value;
 
-pub use cache::Cache;
+pub use cache::{Cache, EntryKey};
 pub use cacheobj_derive::CacheKey;
 pub use codec::Codec;
 pub use config::CacheConfig;
