@@ -216,15 +216,17 @@ impl Cache {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// use cacheobj::{Cache, CacheConfig};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    /// let client = cacheobj::redis::Client::open("redis://127.0.0.1/")?;
-    /// let conn = client.get_multiplexed_async_connection().await?;
-    /// let cache = Cache::from_connection(conn, CacheConfig::default())?;
-    /// # let _ = cache;
+    /// let client = cacheobj::redis::Client::open("redis://127.0.0.1:1/")?;
+    /// // Nothing listens on port 1 here; with a reachable server this yields a cache.
+    /// if let Ok(conn) = client.get_multiplexed_async_connection().await {
+    ///     let cache = Cache::from_connection(conn, CacheConfig::default())?;
+    ///     cache.ping().await?;
+    /// }
     /// # Ok(())
     /// # }
     /// ```
