@@ -1,0 +1,234 @@
+//! One loader per key: concurrent fetches in one process share a load; across `Cache`s on one
+//! Redis, a fill lease makes the others wait for the filled value.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cacheobj::{Cache, CacheConfig, CacheKey, Strategy};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, CacheKey)]
+struct K {
+    id: u64,
+}
+
+const HOT: Strategy<String, K> = Strategy::<String, K>::obj("hot:<id>").expire(60);
+const SHORT_LEASE: Strategy<String, K> = Strategy::<String, K>::obj("hot:short:<id>")
+    .expire(60)
+    .lease(Duration::from_millis(300));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cold_fetches_run_one_loader() {
+    for (label, cache) in support::backends("coalesce_1000").await {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let cache = cache.clone();
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    cache
+                        .fetch(&HOT, &K { id: 1 }, || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Ok::<_, Infallible>("value".to_string())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.expect("task").expect("infallible"), "value");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{label}: loader calls");
+        let stats = cache.stats();
+        assert_eq!(stats.loads, 1, "{label}");
+        assert!(stats.coalesced_waits >= 900, "{label}: {stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_leader_is_replaced_by_a_waiter() {
+    for (label, cache) in support::backends("coalesce_drop").await {
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .fetch(&HOT, &K { id: 2 }, || async {
+                        std::future::pending::<()>().await;
+                        Ok::<_, Infallible>("never".to_string())
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let cache = cache.clone();
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    cache
+                        .fetch(&HOT, &K { id: 2 }, || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, Infallible>("taken over".to_string())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader.abort();
+        let started = Instant::now();
+        for w in waiters {
+            let v = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("waiters must not hang")
+                .expect("task")
+                .expect("infallible");
+            assert_eq!(v, "taken over", "{label}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{label}: one waiter took over"
+        );
+        // It inherited the lease: no waiting out the dead leader's lease (3 s).
+        assert!(started.elapsed() < Duration::from_secs(2), "{label}");
+        let hit = cache
+            .fetch(&HOT, &K { id: 2 }, || async {
+                Ok::<_, Infallible>("miss".to_string())
+            })
+            .await
+            .expect("infallible");
+        assert_eq!(hit, "taken over", "{label}: the successor's fill landed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_loader_releases_every_waiter() {
+    for (label, cache) in support::backends("coalesce_fail").await {
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .fetch(&HOT, &K { id: 3 }, || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err::<String, _>("database down")
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiters: Vec<_> = (0..10)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    cache
+                        .fetch(&HOT, &K { id: 3 }, || async move {
+                            Ok::<_, &str>(format!("own {i}"))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        assert_eq!(leader.await.expect("task"), Err("database down"), "{label}");
+        for (i, w) in waiters.into_iter().enumerate() {
+            let v = tokio::time::timeout(Duration::from_secs(2), w)
+                .await
+                .expect("no waiter hangs")
+                .expect("task");
+            assert_eq!(
+                v,
+                Ok(format!("own {i}")),
+                "{label}: a waiter runs its own loader"
+            );
+        }
+        // The lease was released: the next fetch loads at once instead of waiting 3 s.
+        let started = Instant::now();
+        let v = cache
+            .fetch(&HOT, &K { id: 3 }, || async {
+                Ok::<_, &str>("fresh".to_string())
+            })
+            .await;
+        assert_eq!(v, Ok("fresh".to_string()), "{label}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{label}");
+    }
+}
+
+async fn second_cache(prefix: &str) -> Cache {
+    Cache::connect(
+        CacheConfig::builder()
+            .url(support::redis_url())
+            .prefix(prefix)
+            .build(),
+    )
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_cache_waits_for_the_lease_holders_fill() {
+    let (a, prefix) = support::redis_cache("lease_wait").await;
+    let b = second_cache(&prefix).await;
+    let holder = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.fetch(&HOT, &K { id: 4 }, || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, Infallible>("from a".to_string())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let got = b
+        .fetch(&HOT, &K { id: 4 }, || async {
+            Ok::<_, Infallible>("from b".to_string())
+        })
+        .await
+        .expect("infallible");
+    assert_eq!(got, "from a", "b waits for a's fill instead of loading");
+    assert_eq!(holder.await.expect("task").expect("infallible"), "from a");
+    let stats = b.stats();
+    assert_eq!(stats.loads, 0, "{stats:?}");
+    assert_eq!(stats.lease_waits, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_wait_is_bounded_by_the_lease_time() {
+    let (a, prefix) = support::redis_cache("lease_timeout").await;
+    let b = second_cache(&prefix).await;
+    let _holder = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.fetch(&SHORT_LEASE, &K { id: 5 }, || async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok::<_, Infallible>("slow".to_string())
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let got = b
+        .fetch(&SHORT_LEASE, &K { id: 5 }, || async {
+            Ok::<_, Infallible>("from b".to_string())
+        })
+        .await
+        .expect("infallible");
+    let waited = started.elapsed();
+    assert_eq!(got, "from b");
+    assert!(waited >= Duration::from_millis(200), "waited {waited:?}");
+    assert!(waited < Duration::from_millis(1000), "waited {waited:?}");
+    let stats = b.stats();
+    assert_eq!(
+        stats.lease_timeouts + stats.lease_waits.min(1),
+        2,
+        "{stats:?}"
+    );
+}
