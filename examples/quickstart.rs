@@ -9,7 +9,9 @@
 use std::convert::Infallible;
 
 use cacheobj::{Cache, CacheConfig};
-use cacheobj_strategies::{Item, ItemKey, ITEM, ITEM_HASH, ITEM_MEMBERS, ITEM_STAT, ITEM_TAGS, MAYBE_ITEM};
+use cacheobj_strategies::{
+    Item, ItemKey, ITEM, ITEM_HASH, ITEM_MEMBERS, ITEM_STAT, ITEM_TAGS, MAYBE_ITEM,
+};
 
 /// Stands in for a database query.
 async fn load_item(id: u64) -> Result<Item, Infallible> {
@@ -22,7 +24,8 @@ async fn load_item(id: u64) -> Result<Item, Infallible> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let use_redis = std::env::var_os("CACHE_URL").is_some() || std::env::var_os("CACHE_HOST").is_some();
+    let use_redis =
+        std::env::var_os("CACHE_URL").is_some() || std::env::var_os("CACHE_HOST").is_some();
     let cache = if use_redis {
         let mut config = CacheConfig::from_env()?;
         if config.prefix.is_empty() {
@@ -57,7 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let missing = ItemKey { item_id: 404 };
     cache.invalidate(&MAYBE_ITEM, &missing).await?;
     let none = cache
-        .fetch(&MAYBE_ITEM, &missing, || async { Ok::<_, Infallible>(None) })
+        .fetch(&MAYBE_ITEM, &missing, || async {
+            Ok::<_, Infallible>(None)
+        })
         .await?;
     println!("fetch missing item 404: {none:?} (cached as not-found for 30 s)");
 
@@ -70,7 +75,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     cache.invalidate(&ITEM_MEMBERS, &key).await?;
     let members = cache
-        .fetch(&ITEM_MEMBERS, &key, || async { Ok::<_, Infallible>(vec![7, 8]) })
+        .fetch(&ITEM_MEMBERS, &key, || async {
+            Ok::<_, Infallible>(vec![7, 8])
+        })
         .await?;
     let len = cache.list_push(&ITEM_MEMBERS, &key, &[9]).await?;
     println!("list: loaded {members:?}, length after push {len:?}");
@@ -81,7 +88,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             Ok::<_, Infallible>(vec!["new".to_string()])
         })
         .await?;
-    let has = cache.set_contains(&ITEM_TAGS, &key, &"new".to_string()).await?;
+    let has = cache
+        .set_contains(&ITEM_TAGS, &key, &"new".to_string())
+        .await?;
     println!("set: loaded {tags:?}, contains \"new\": {has:?}");
 
     cache.hash_del(&ITEM_HASH, &key).await?;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
-use crate::backend::{Acquire, Backend, Loc, Lookup, MemoryBackend, RedisBackend, RedisConn, Token};
+use crate::backend::{
+    Acquire, Backend, Loc, Lookup, MemoryBackend, RedisBackend, RedisConn, Token,
+};
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
 use crate::error::{Error, KeyError};
@@ -167,7 +169,8 @@ impl Cache {
     /// ```
     pub async fn connect(config: CacheConfig) -> Result<Cache, Error> {
         let info = config.connection_info()?;
-        let client = redis::Client::open(info).map_err(|e| Error::Config(crate::error::ConfigError::Url(e)))?;
+        let client = redis::Client::open(info)
+            .map_err(|e| Error::Config(crate::error::ConfigError::Url(e)))?;
         Cache::from_client(client, config).await
     }
 
@@ -230,7 +233,10 @@ impl Cache {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn from_connection(conn: MultiplexedConnection, config: CacheConfig) -> Result<Cache, Error> {
+    pub fn from_connection(
+        conn: MultiplexedConnection,
+        config: CacheConfig,
+    ) -> Result<Cache, Error> {
         config.check_limits()?;
         Ok(Cache::with_redis(RedisConn::Multiplexed(conn), &config))
     }
@@ -252,7 +258,10 @@ impl Cache {
     /// ```
     #[must_use]
     pub fn in_memory() -> Cache {
-        Cache::with_backend(Backend::Memory(MemoryBackend::new()), &CacheConfig::default())
+        Cache::with_backend(
+            Backend::Memory(MemoryBackend::new()),
+            &CacheConfig::default(),
+        )
     }
 
     /// Like [`in_memory`](Self::in_memory), with `config`'s prefix and key limit.
@@ -270,7 +279,10 @@ impl Cache {
     /// ```
     pub fn in_memory_with(config: CacheConfig) -> Result<Cache, Error> {
         config.check_limits()?;
-        Ok(Cache::with_backend(Backend::Memory(MemoryBackend::new()), &config))
+        Ok(Cache::with_backend(
+            Backend::Memory(MemoryBackend::new()),
+            &config,
+        ))
     }
 
     fn with_backend(backend: Backend, config: &CacheConfig) -> Cache {
@@ -495,7 +507,9 @@ impl Cache {
             match inner.flights.join(rendered.flight_key()) {
                 Role::Leader(mut guard) => {
                     return self
-                        .lead(strategy, rendered, &mut guard, inherited, force, redis_ok, loader)
+                        .lead(
+                            strategy, rendered, &mut guard, inherited, force, redis_ok, loader,
+                        )
                         .await;
                 }
                 Role::Waiter(rx) => {
@@ -597,13 +611,18 @@ impl Cache {
         }
         if let Some(token) = &lease {
             let backend = inner.backend.clone();
-            let (key, field, shape) = (rendered.key.clone(), rendered.field.clone(), rendered.shape);
+            let (key, field, shape) =
+                (rendered.key.clone(), rendered.field.clone(), rendered.shape);
             guard.hold_lease(
                 token.clone(),
                 Box::new(move |token| {
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                         runtime.spawn(async move {
-                            let loc = Loc { key: &key, field: &field, shape };
+                            let loc = Loc {
+                                key: &key,
+                                field: &field,
+                                shape,
+                            };
                             let _ = backend.release(loc, &token).await;
                         });
                     }
@@ -736,7 +755,11 @@ impl Cache {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn invalidate<V, K, Kd>(&self, strategy: &Strategy<V, K, Kd>, key: &K) -> Result<(), Error>
+    pub async fn invalidate<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<(), Error>
     where
         K: CacheKey,
         Kd: Kind,
@@ -833,7 +856,11 @@ impl Cache {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn exists<V, K, Kd>(&self, strategy: &Strategy<V, K, Kd>, key: &K) -> Result<bool, Error>
+    pub async fn exists<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<bool, Error>
     where
         K: CacheKey,
         Kd: Kind,
@@ -907,9 +934,9 @@ impl Cache {
         key: &K,
         delta: i64,
     ) -> Result<Option<i64>, Error> {
-        let delta = delta
-            .checked_neg()
-            .ok_or(Error::InvalidArgument("decr delta must be greater than i64::MIN"))?;
+        let delta = delta.checked_neg().ok_or(Error::InvalidArgument(
+            "decr delta must be greater than i64::MIN",
+        ))?;
         self.incr(strategy, key, delta).await
     }
 
@@ -945,7 +972,9 @@ impl Cache {
         let ttl = strategy.fill_ttl_ms(false);
         self.mutate(
             &rendered,
-            self.inner.backend.incr_or_create(rendered.loc(), delta, ttl),
+            self.inner
+                .backend
+                .incr_or_create(rendered.loc(), delta, ttl),
         )
         .await
     }

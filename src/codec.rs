@@ -363,7 +363,9 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode_text::<u64>(Codec::MessagePack, b"12x").is_err());
         assert!(decode_text::<String>(Codec::MessagePack, &[0xff, 0xfe]).is_err());
-        assert!(decode_text::<Member>(Codec::MessagePack, &[0xdb, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(
+            decode_text::<Member>(Codec::MessagePack, &[0xdb, 0xff, 0xff, 0xff, 0xff]).is_err()
+        );
         assert!(Codec::Postcard.decode::<Member>(&[0xff; 3]).is_err());
     }
 }

@@ -83,14 +83,11 @@ fn parse_env<T: std::str::FromStr>(
 ) -> Result<Option<T>, ConfigError> {
     match env_var(name) {
         None => Ok(None),
-        Some(value) => value
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Env {
-                name,
-                value,
-                expected,
-            }),
+        Some(value) => value.parse().map(Some).map_err(|_| ConfigError::Env {
+            name,
+            value,
+            expected,
+        }),
     }
 }
 
@@ -110,8 +107,12 @@ impl CacheConfig {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_env() -> Result<CacheConfig, ConfigError> {
-        let mut config = CacheConfig::default();
-        config.url = env_var("CACHE_URL");
+        let mut config = CacheConfig {
+            url: env_var("CACHE_URL"),
+            username: env_var("CACHE_USERNAME"),
+            password: env_var("CACHE_PASSWORD"),
+            ..CacheConfig::default()
+        };
         if let Some(host) = env_var("CACHE_HOST") {
             config.host = host;
         }
@@ -124,8 +125,6 @@ impl CacheConfig {
         if let Some(prefix) = env_var("CACHE_PREFIX") {
             config.prefix = prefix;
         }
-        config.username = env_var("CACHE_USERNAME");
-        config.password = env_var("CACHE_PASSWORD");
         Ok(config)
     }
 
@@ -133,7 +132,10 @@ impl CacheConfig {
     pub(crate) fn connection_info(&self) -> Result<ConnectionInfo, ConfigError> {
         self.check_limits()?;
         if let Some(url) = &self.url {
-            return url.as_str().into_connection_info().map_err(ConfigError::Url);
+            return url
+                .as_str()
+                .into_connection_info()
+                .map_err(ConfigError::Url);
         }
         if self.host.is_empty() {
             return Err(ConfigError::EmptyHost);
@@ -225,7 +227,10 @@ mod tests {
             .build();
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("redis://app:<redacted>@example:6379/0"), "{shown}");
+        assert!(
+            shown.contains("redis://app:<redacted>@example:6379/0"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -233,7 +238,10 @@ mod tests {
         let bad = CacheConfig::builder().port(0).build();
         assert!(matches!(bad.connection_info(), Err(ConfigError::ZeroPort)));
         let bad = CacheConfig::builder().db(-1).build();
-        assert!(matches!(bad.connection_info(), Err(ConfigError::NegativeDb(-1))));
+        assert!(matches!(
+            bad.connection_info(),
+            Err(ConfigError::NegativeDb(-1))
+        ));
         let bad = CacheConfig::builder().url("http://nope").build();
         assert!(matches!(bad.connection_info(), Err(ConfigError::Url(_))));
         let bad = CacheConfig::builder()

@@ -35,7 +35,9 @@ pub(crate) enum Role {
     Waiter(watch::Receiver<FlightState>),
 }
 
-fn lock(map: &Map) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<watch::Sender<FlightState>>>> {
+fn lock(
+    map: &Map,
+) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<watch::Sender<FlightState>>>> {
     // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
     map.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -69,10 +71,7 @@ impl Flights {
 
 /// Waits until the flight ends.
 pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> FlightState {
-    match rx
-        .wait_for(|s| !matches!(s, FlightState::Pending))
-        .await
-    {
+    match rx.wait_for(|s| !matches!(s, FlightState::Pending)).await {
         Ok(state) => state.clone(),
         // The leader's guard always reports before it goes; this is only for safety.
         Err(_) => FlightState::Abandoned(None),
@@ -104,7 +103,10 @@ impl LeaderGuard {
         self.finished = true;
         {
             let mut map = lock(&self.map);
-            if map.get(&self.key).is_some_and(|tx| Arc::ptr_eq(tx, &self.tx)) {
+            if map
+                .get(&self.key)
+                .is_some_and(|tx| Arc::ptr_eq(tx, &self.tx))
+            {
                 map.remove(&self.key);
             }
         }
@@ -146,7 +148,9 @@ mod tests {
             panic!("second joiner must wait");
         };
         leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
-        assert!(matches!(wait(rx).await, FlightState::Done(p) if *p == Payload::Bytes(b"v".to_vec())));
+        assert!(
+            matches!(wait(rx).await, FlightState::Done(p) if *p == Payload::Bytes(b"v".to_vec()))
+        );
         assert!(matches!(flights.join(key()), Role::Leader(_)));
     }
 
@@ -157,7 +161,10 @@ mod tests {
             panic!("first joiner must lead");
         };
         let token = Token::new();
-        leader.hold_lease(token.clone(), Box::new(|_| panic!("must not release: a waiter inherits")));
+        leader.hold_lease(
+            token.clone(),
+            Box::new(|_| panic!("must not release: a waiter inherits")),
+        );
         let Role::Waiter(rx) = flights.join(key()) else {
             panic!("second joiner must wait");
         };
@@ -174,7 +181,10 @@ mod tests {
         let released = Arc::new(Mutex::new(None));
         let seen = released.clone();
         let token = Token::new();
-        leader.hold_lease(token.clone(), Box::new(move |t| *seen.lock().unwrap() = Some(t)));
+        leader.hold_lease(
+            token.clone(),
+            Box::new(move |t| *seen.lock().unwrap() = Some(t)),
+        );
         drop(leader);
         assert_eq!(released.lock().unwrap().clone(), Some(token));
     }

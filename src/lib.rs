@@ -3,10 +3,6 @@
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-// Lets `#[derive(CacheKey)]`, which names `::cacheobj`, work inside this crate's own tests.
-#[cfg(test)]
-extern crate self as cacheobj;
-
 mod backend;
 mod cache;
 mod codec;

@@ -14,6 +14,9 @@ use crate::template::Template;
 /// How long a fill lease lasts unless a strategy sets [`Strategy::lease`]: 3 seconds.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
+/// Ties a strategy to its types without owning any (so it is `Send`, `Sync` and `Copy`).
+type Types<V, K, Kd> = PhantomData<fn() -> (V, K, Kd)>;
+
 /// A caching strategy: where values of type `V`, identified by keys of type `K`, live in Redis,
 /// how long, and how they are encoded. `Kd` is the kind: [`Obj`] (the default), [`Counter`],
 /// [`List`], [`Set`] or [`Hash`].
@@ -52,7 +55,7 @@ pub struct Strategy<V, K, Kd = Obj> {
     lease_ms: u64,
     jitter_percent: u8,
     early_refresh_ms: u64,
-    _types: PhantomData<fn() -> (V, K, Kd)>,
+    _types: Types<V, K, Kd>,
 }
 
 impl<V, K: CacheKey, Kd: Kind> Strategy<V, K, Kd> {

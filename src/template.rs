@@ -105,13 +105,15 @@ impl Template {
                     j += 1;
                 }
                 if j == b.len() {
-                    panic!("cacheobj: unclosed placeholder: a `<` in the template has no matching `>`");
+                    panic!(
+                        "cacheobj: unclosed placeholder: a `<` in the template has no matching `>`"
+                    );
                 }
                 if j == name_start {
                     panic!("cacheobj: empty placeholder `<>`: name a field of the key, as in `item:<item_id>`");
                 }
                 if n > 0 && !has_separator(b, lit_start, i) {
-                    panic!("cacheobj: two placeholders with no separator between them: put a character such as `:` between them, as in `<a>:<b>`");
+                    panic!("cacheobj: the text between two placeholders must hold a separator, a character other than letters, digits, `_`, `.`, `-` and `%`: put one such as `:` between them, as in `<a>:<b>`");
                 }
                 if n == MAX_PLACEHOLDERS {
                     panic!("cacheobj: a template may hold at most 8 placeholders");
@@ -211,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "no separator")]
+    #[should_panic(expected = "must hold a separator")]
     fn rejects_placeholders_without_separator() {
         Template::parse("<a>x<b>", FIELDS);
     }

@@ -38,14 +38,18 @@ mod validate;
 ///
 /// It rejects, with a compile error that says what to do instead, anything
 /// that would make the serialized fields differ from the list: tuple and unit
-/// structs, enums, unions, structs without fields, two fields with the same
-/// serde name, `skip_serializing_if` and `flatten` on a field, and
-/// `rename_all`, `tag`, `untagged`, `transparent` and `into` on the struct.
+/// structs, enums, unions, structs without fields or whose fields are all
+/// skipped, two fields with the same serde name, `skip_serializing_if` and
+/// `flatten` on a field, and `rename_all`, `tag`, `untagged`, `transparent`
+/// and `into` on the struct.
 /// Every other serde attribute is ignored.
 ///
 /// The impl copies the struct's generics and where clause and adds no bounds.
 ///
-/// ```ignore
+/// Use it through `cacheobj`, next to serde's `Serialize` derive. (This crate
+/// cannot depend on `cacheobj`, so the example below is not compiled here.)
+///
+/// ```text
 /// use cacheobj::CacheKey;
 /// use serde::Serialize;
 ///

@@ -67,7 +67,7 @@ impl Shard {
 
     fn wrote(&mut self) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             let now = now_ms();
             self.map.retain(|_, e| e.deadline.is_none_or(|d| d > now));
         }
@@ -118,9 +118,9 @@ fn stored_elems(shape: Shape, elems: &[Vec<u8>]) -> Stored {
 fn collection_payload(value: &Stored, shape: Shape) -> Option<Lookup> {
     match (value, shape) {
         (Stored::List(items), Shape::List) => Some(Lookup::Hit(Payload::Elems(items.clone()))),
-        (Stored::Set(items), Shape::Set) => Some(Lookup::Hit(Payload::Elems(
-            items.iter().cloned().collect(),
-        ))),
+        (Stored::Set(items), Shape::Set) => {
+            Some(Lookup::Hit(Payload::Elems(items.iter().cloned().collect())))
+        }
         (Stored::Str(v), _) if v == EMPTY_MARKER => Some(Lookup::Hit(Payload::Elems(Vec::new()))),
         (Stored::Str(v), _) if is_lease(v) => Some(Lookup::Leased),
         _ => None,
@@ -180,10 +180,7 @@ impl MemoryBackend {
 
     pub(crate) fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
         let lookup = self.read(loc)?;
-        let ttl = self
-            .shard(loc.key)
-            .live(loc.key)
-            .and_then(|e| e.ttl_ms());
+        let ttl = self.shard(loc.key).live(loc.key).and_then(|e| e.ttl_ms());
         Ok((lookup, ttl))
     }
 
@@ -312,10 +309,13 @@ impl MemoryBackend {
             return Ok(());
         };
         match &mut entry.value {
-            Stored::Hash(fields) if loc.shape == Shape::Hash => {
-                if fields.get(loc.field).is_some_and(|v| hash_lease_is(v, token)) {
-                    fields.remove(loc.field);
-                }
+            Stored::Hash(fields)
+                if loc.shape == Shape::Hash
+                    && fields
+                        .get(loc.field)
+                        .is_some_and(|v| hash_lease_is(v, token)) =>
+            {
+                fields.remove(loc.field);
             }
             Stored::Str(v) if *v == token.marker() => shard.delete(loc.key),
             _ => {}
@@ -462,13 +462,6 @@ impl MemoryBackend {
 
     pub(crate) fn ping(&self) -> Result<(), Error> {
         Ok(())
-    }
-
-    /// Stores raw bytes under a key, as another program could have: for tests of hostile input.
-    #[cfg(test)]
-    pub(crate) fn put_raw(&self, key: &[u8], value: &[u8]) {
-        self.shard(key)
-            .put(key, Entry::new(Stored::Str(value.to_vec()), 0));
     }
 }
 

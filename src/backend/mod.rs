@@ -94,10 +94,7 @@ impl Backend {
     }
 
     /// Reads a string entry and its remaining TTL in milliseconds (`None`: no TTL).
-    pub(crate) async fn read_with_ttl(
-        &self,
-        loc: Loc<'_>,
-    ) -> Result<(Lookup, Option<u64>), Error> {
+    pub(crate) async fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
         dispatch!(self.read_with_ttl(loc))
     }
 
@@ -165,11 +162,7 @@ impl Backend {
     }
 
     /// Adds elements to a cached list or set; `None` when it is not cached.
-    pub(crate) async fn push(
-        &self,
-        loc: Loc<'_>,
-        elems: &[Vec<u8>],
-    ) -> Result<Option<u64>, Error> {
+    pub(crate) async fn push(&self, loc: Loc<'_>, elems: &[Vec<u8>]) -> Result<Option<u64>, Error> {
         dispatch!(self.push(loc, elems))
     }
 

@@ -439,16 +439,19 @@ fn coded_reply(v: Value, shape: Shape) -> Result<(i64, Option<Payload>), Error> 
     let Value::Array(mut items) = v else {
         return Err(unexpected("script reply is not an array"));
     };
-    let code = items.first().and_then(into_i64).ok_or_else(|| unexpected("script reply code"))?;
+    let code = items
+        .first()
+        .and_then(into_i64)
+        .ok_or_else(|| unexpected("script reply code"))?;
     let payload = if items.len() > 1 {
         let value = items.swap_remove(1);
         Some(match shape {
-            Shape::Str | Shape::Hash => Payload::Bytes(
-                into_bytes(value).ok_or_else(|| unexpected("script reply value"))?,
-            ),
-            Shape::List | Shape::Set => Payload::Elems(
-                into_elems(value).ok_or_else(|| unexpected("script reply members"))?,
-            ),
+            Shape::Str | Shape::Hash => {
+                Payload::Bytes(into_bytes(value).ok_or_else(|| unexpected("script reply value"))?)
+            }
+            Shape::List | Shape::Set => {
+                Payload::Elems(into_elems(value).ok_or_else(|| unexpected("script reply members"))?)
+            }
         })
     } else {
         None
@@ -527,9 +530,7 @@ impl RedisBackend {
         match loc.shape {
             Shape::Str => match self.cmd(redis::cmd("GET").arg(loc.key).clone()).await {
                 Ok(v) => Ok(string_lookup(v)),
-                Err(Error::Redis(e)) if is_wrong_type(&e) => {
-                    Ok(Lookup::Garbage)
-                }
+                Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
                 Err(e) => Err(e),
             },
             Shape::Hash => {
@@ -538,9 +539,7 @@ impl RedisBackend {
                     .await
                 {
                     Ok(v) => Ok(string_lookup(v)),
-                    Err(Error::Redis(e)) if is_wrong_type(&e) => {
-                        Ok(Lookup::Garbage)
-                    }
+                    Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
                     Err(e) => Err(e),
                 }
             }
@@ -560,10 +559,7 @@ impl RedisBackend {
         }
     }
 
-    pub(crate) async fn read_with_ttl(
-        &self,
-        loc: Loc<'_>,
-    ) -> Result<(Lookup, Option<u64>), Error> {
+    pub(crate) async fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(loc.key).cmd("PTTL").arg(loc.key);
         let replies = self
@@ -586,7 +582,10 @@ impl RedisBackend {
         let force = if force { "1" } else { "0" };
         let reply = if loc.shape == Shape::Hash {
             self.script(&HASH_ACQUIRE, loc.key, |i| {
-                i.arg(loc.field).arg(token.as_str()).arg(lease_ms).arg(force);
+                i.arg(loc.field)
+                    .arg(token.as_str())
+                    .arg(lease_ms)
+                    .arg(force);
             })
             .await?
         } else {
@@ -616,13 +615,19 @@ impl RedisBackend {
         let reply = match (loc.shape, payload) {
             (Shape::Hash, Payload::Bytes(value)) => {
                 self.script(&HASH_FILL, loc.key, |i| {
-                    i.arg(loc.field).arg(token.as_str()).arg(ttl_ms).arg(&value[..]);
+                    i.arg(loc.field)
+                        .arg(token.as_str())
+                        .arg(ttl_ms)
+                        .arg(&value[..]);
                 })
                 .await?
             }
             (Shape::Str, Payload::Bytes(value)) => {
                 self.script(&FILL, loc.key, |i| {
-                    i.arg(token.marker()).arg(ttl_ms).arg("string").arg(&value[..]);
+                    i.arg(token.marker())
+                        .arg(ttl_ms)
+                        .arg("string")
+                        .arg(&value[..]);
                 })
                 .await?
             }
@@ -677,9 +682,7 @@ impl RedisBackend {
             redis::cmd("DEL").arg(loc.key).clone()
         };
         match self.cmd(cmd).await {
-            Err(Error::Redis(e))
-                if is_wrong_type(&e) =>
-            {
+            Err(Error::Redis(e)) if is_wrong_type(&e) => {
                 // A hash strategy's key holds another type: nothing of ours is there, but
                 // remove it so nothing stale can be read either.
                 self.cmd(redis::cmd("DEL").arg(loc.key).clone()).await?;
@@ -730,11 +733,7 @@ impl RedisBackend {
         self.cmd(cmd).await.map(|_| ())
     }
 
-    pub(crate) async fn push(
-        &self,
-        loc: Loc<'_>,
-        elems: &[Vec<u8>],
-    ) -> Result<Option<u64>, Error> {
+    pub(crate) async fn push(&self, loc: Loc<'_>, elems: &[Vec<u8>]) -> Result<Option<u64>, Error> {
         if elems.is_empty() {
             return self.len(loc).await;
         }

@@ -14,14 +14,18 @@ pub struct Item {
 }
 
 /// Identifies one item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, CacheKey)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, CacheKey,
+)]
 pub struct ItemKey {
     /// The item's id.
     pub item_id: u64,
 }
 
 /// Identifies one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, CacheKey)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, CacheKey,
+)]
 pub struct UserKey {
     /// The user's id.
     pub user_id: u64,

@@ -1,0 +1,7 @@
+use cacheobj::CacheKey;
+use serde::Serialize;
+
+#[derive(Serialize, CacheKey)]
+struct ItemKey {}
+
+fn main() {}

@@ -1,0 +1,29 @@
+use cacheobj::{Cache, CacheKey, Strategy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+}
+
+#[derive(Serialize, CacheKey)]
+struct ItemKey {
+    item_id: u64,
+}
+
+#[derive(Serialize, CacheKey)]
+struct OtherKey {
+    user_id: u64,
+}
+
+const ITEM: Strategy<Item, ItemKey> = Strategy::<Item, ItemKey>::obj("item:<item_id>");
+
+async fn run(cache: Cache) {
+    let _ = cache
+        .fetch(&ITEM, &OtherKey { user_id: 1 }, || async {
+            Ok::<_, std::io::Error>(Item { id: 1 })
+        })
+        .await;
+}
+
+fn main() {}
