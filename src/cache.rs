@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 use crate::backend::{
-    Acquire, Backend, Loc, Lookup, MemoryBackend, RedisBackend, RedisConn, Token,
+    Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
 };
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
 use crate::error::{Error, KeyError};
 use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Role};
 use crate::key::CacheKey;
-use crate::kind::{Counter, Hash, Kind, List, Set, Shape};
+use crate::kind::{Batch, Counter, Hash, Kind, List, Set, Shape};
 use crate::stats::{bump, Counters, Stats};
 use crate::strategy::Strategy;
 use crate::value::{CacheValue, Collection, Payload};
@@ -121,6 +121,18 @@ impl Inner {
     }
 }
 
+/// The loader must return one value per key it was given.
+fn check_len<V, E: From<Error>>(values: Vec<V>, expected: usize) -> Result<Vec<V>, E> {
+    if values.len() == expected {
+        Ok(values)
+    } else {
+        Err(Error::InvalidArgument(
+            "fetch_many: the loader must return one value per key it is given, in order",
+        )
+        .into())
+    }
+}
+
 /// XFetch: refresh when `-delta * ln(U)` reaches past the remaining TTL.
 fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
     let Some(ttl) = ttl_ms else {
@@ -200,8 +212,13 @@ impl Cache {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
             .set_number_of_retries(0);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        let cache = Cache::with_redis(RedisConn::Manager(manager), &config);
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
+        let rebuild = Rebuild {
+            client,
+            config: manager_config,
+        };
+        let cache = Cache::with_redis(RedisConn::Manager(manager), Some(rebuild), &config);
         // Connect in the background, so the first fetch does not wait for it.
         let warm = cache.clone();
         tokio::spawn(async move {
@@ -238,11 +255,20 @@ impl Cache {
         config: CacheConfig,
     ) -> Result<Cache, Error> {
         config.check_limits()?;
-        Ok(Cache::with_redis(RedisConn::Multiplexed(conn), &config))
+        Ok(Cache::with_redis(
+            RedisConn::Multiplexed(conn),
+            None,
+            &config,
+        ))
     }
 
-    fn with_redis(conn: RedisConn, config: &CacheConfig) -> Cache {
-        let backend = RedisBackend::new(conn, config.response_timeout, config.retry_interval);
+    fn with_redis(conn: RedisConn, rebuild: Option<Rebuild>, config: &CacheConfig) -> Cache {
+        let backend = RedisBackend::new(
+            conn,
+            rebuild,
+            config.response_timeout,
+            config.retry_interval,
+        );
         Cache::with_backend(Backend::Redis(backend), config)
     }
 
@@ -486,6 +512,291 @@ impl Cache {
             .await
     }
 
+    /// Reads many entries in one round trip (MGET, or a pipeline of HGETs), calls `loader`
+    /// once with only the keys that missed (so one `WHERE id IN (...)` query fills them all),
+    /// and stores what it returns in one pipelined write, each under its fill lease. Results
+    /// come back in the order of `keys`; duplicate keys are fine. The loader returns one value
+    /// per key it gets, in that order; use `Option<V>` values and
+    /// [`Strategy::negative_expire`] for keys it cannot find. Keys whose lease another caller
+    /// holds are loaded too, but not filled. Fails open like [`fetch`](Self::fetch); unlike it,
+    /// does not coalesce with concurrent fetches in this process.
+    ///
+    /// # Errors
+    ///
+    /// The loader's error, or [`Error::InvalidArgument`] (converted into `E`) when the loader
+    /// returns a different number of values than it was given keys.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(Debug, Clone, serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const NAME: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("name:<item_id>").expire(60);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let keys: Vec<ItemKey> = (1..=3).map(|item_id| ItemKey { item_id }).collect();
+    /// let names = cache
+    ///     .fetch_many(&NAME, &keys, |missing: Vec<ItemKey>| async move {
+    ///         // SELECT name FROM items WHERE id IN (...)
+    ///         Ok::<_, cacheobj::Error>(missing.iter().map(|k| format!("item {}", k.item_id)).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(names, ["item 1", "item 2", "item 3"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch_many<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<V>, E>
+    where
+        K: CacheKey + Clone,
+        Kd: Batch,
+        V: CacheValue<Kd>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<Vec<V>, E>>,
+        E: From<Error>,
+    {
+        let inner = &*self.inner;
+        let codec = strategy.get_codec();
+        let rendered = match keys
+            .iter()
+            .map(|k| self.render(strategy, k))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                inner.fault(&Error::Key(e));
+                bump(&inner.counters.loads);
+                let values = loader(keys.to_vec()).await?;
+                return check_len(values, keys.len());
+            }
+        };
+        // The first position of each distinct entry; duplicates point at it.
+        let mut first_of: std::collections::HashMap<(&[u8], &[u8]), usize> =
+            std::collections::HashMap::with_capacity(keys.len());
+        let origin: Vec<usize> = rendered
+            .iter()
+            .enumerate()
+            .map(|(i, r)| *first_of.entry((&r.key[..], &r.field[..])).or_insert(i))
+            .collect();
+        let unique: Vec<usize> = (0..keys.len()).filter(|&i| origin[i] == i).collect();
+        let locs: Vec<Loc<'_>> = unique.iter().map(|&i| rendered[i].loc()).collect();
+
+        let mut values: Vec<Option<V>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
+        let mut payloads: Vec<Option<Payload>> =
+            std::iter::repeat_with(|| None).take(keys.len()).collect();
+        let mut missing: Vec<(usize, bool)> = Vec::new(); // (position, force)
+        let mut redis_ok = true;
+        match inner.backend.read_many(&locs).await {
+            Ok(lookups) => {
+                for (&i, lookup) in unique.iter().zip(lookups) {
+                    match lookup {
+                        Lookup::Hit(payload) => match V::decode(&payload, codec) {
+                            Ok(v) => {
+                                bump(&inner.counters.hits);
+                                values[i] = Some(v);
+                                payloads[i] = Some(payload);
+                            }
+                            Err(e) => {
+                                inner.undecodable(&rendered[i].key, &e);
+                                missing.push((i, true));
+                            }
+                        },
+                        Lookup::Garbage => {
+                            inner.undecodable(&rendered[i].key, &Error::Unavailable);
+                            missing.push((i, true));
+                        }
+                        Lookup::Miss | Lookup::Leased => missing.push((i, false)),
+                    }
+                }
+            }
+            Err(e) => {
+                inner.fault(&e);
+                redis_ok = false;
+                missing = unique.iter().map(|&i| (i, false)).collect();
+            }
+        }
+
+        if !missing.is_empty() {
+            // Take the fill leases of the missing entries, concurrently (one pipeline on the
+            // multiplexed connection).
+            let mut leases: Vec<Option<Token>> = vec![None; missing.len()];
+            if redis_ok {
+                let attempts = futures_util::future::join_all(missing.iter().map(|&(i, force)| {
+                    let token = Token::new();
+                    let loc = rendered[i].loc();
+                    async move {
+                        let r = inner
+                            .backend
+                            .acquire(loc, &token, strategy.lease_ms(), force)
+                            .await;
+                        (token, r)
+                    }
+                }))
+                .await;
+                let mut still_missing = Vec::with_capacity(missing.len());
+                let mut kept_leases = Vec::with_capacity(missing.len());
+                for (&(i, force), (token, result)) in missing.iter().zip(attempts) {
+                    match result {
+                        Ok(Acquire::Acquired) => {
+                            still_missing.push((i, force));
+                            kept_leases.push(Some(token));
+                        }
+                        Ok(Acquire::Hit(payload)) => match V::decode(&payload, codec) {
+                            Ok(v) => {
+                                bump(&inner.counters.hits);
+                                values[i] = Some(v);
+                                payloads[i] = Some(payload);
+                            }
+                            Err(e) => {
+                                inner.undecodable(&rendered[i].key, &e);
+                                still_missing.push((i, force));
+                                kept_leases.push(None);
+                            }
+                        },
+                        Ok(Acquire::Leased) => {
+                            bump(&inner.counters.lease_waits);
+                            still_missing.push((i, force));
+                            kept_leases.push(None);
+                        }
+                        Err(e) => {
+                            inner.fault(&e);
+                            self.release_in_background(&rendered[i], token, strategy.lease_time());
+                            still_missing.push((i, force));
+                            kept_leases.push(None);
+                        }
+                    }
+                }
+                missing = still_missing;
+                leases = kept_leases;
+            }
+            if !missing.is_empty() {
+                for _ in &missing {
+                    bump(&inner.counters.misses);
+                }
+                bump(&inner.counters.loads);
+                let wanted: Vec<K> = missing.iter().map(|&(i, _)| keys[i].clone()).collect();
+                let loaded = loader(wanted)
+                    .await
+                    .and_then(|loaded| check_len(loaded, missing.len()));
+                let loaded = match loaded {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        let releases = missing.iter().zip(&leases).filter_map(|(&(i, _), t)| {
+                            t.as_ref().map(|t| self.release(rendered[i].loc(), Some(t)))
+                        });
+                        futures_util::future::join_all(releases).await;
+                        return Err(e);
+                    }
+                };
+                let mut fills = Vec::new();
+                for ((&(i, _), lease), value) in missing.iter().zip(leases).zip(loaded) {
+                    match value.encode(codec) {
+                        Ok(payload) => {
+                            if let Some(token) = lease {
+                                let ttl = strategy.fill_ttl_ms(value.is_negative());
+                                fills.push((i, token, ttl));
+                            }
+                            payloads[i] = Some(payload);
+                        }
+                        Err(e) => inner.fault(&Error::Encode(e)),
+                    }
+                    values[i] = Some(value);
+                }
+                let results =
+                    futures_util::future::join_all(fills.iter().map(|(i, token, ttl)| {
+                        let payload = payloads[*i].as_ref();
+                        let loc = rendered[*i].loc();
+                        async move {
+                            match payload {
+                                Some(p) => inner.backend.fill(loc, token, p, *ttl).await,
+                                None => Ok(false),
+                            }
+                        }
+                    }))
+                    .await;
+                for result in results {
+                    match result {
+                        Ok(true) => {}
+                        Ok(false) => bump(&inner.counters.stale_fills_rejected),
+                        Err(e) => inner.fault(&e),
+                    }
+                }
+            }
+        }
+
+        // Duplicates decode their entry's payload; the first position keeps its value.
+        let mut out = Vec::with_capacity(keys.len());
+        for i in 0..keys.len() {
+            let o = origin[i];
+            let value = if o == i {
+                values[i].take()
+            } else {
+                payloads[o].as_ref().and_then(|p| V::decode(p, codec).ok())
+            };
+            match value {
+                Some(v) => out.push(v),
+                None => {
+                    return Err(Error::InvalidArgument(
+                        "fetch_many: a duplicate key's value could not be re-decoded",
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes many entries in one round trip (a pipeline; not atomic as a whole, each removal
+    /// is). Like [`invalidate`](Self::invalidate) for each key.
+    ///
+    /// # Errors
+    ///
+    /// A key did not render, or Redis failed: some entries may still be there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(Debug, Clone, serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// # const NAME: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("name:<item_id>");
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// cache.invalidate_many(&NAME, &[ItemKey { item_id: 1 }, ItemKey { item_id: 2 }]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_many<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        keys: &[K],
+    ) -> Result<(), Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
+        let rendered = keys
+            .iter()
+            .map(|k| self.render(strategy, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let locs: Vec<Loc<'_>> = rendered.iter().map(Rendered::loc).collect();
+        let forget = || {
+            for r in &rendered {
+                self.inner.flights.forget(&r.flight_key());
+            }
+        };
+        forget();
+        let result = self.inner.backend.invalidate_many(&locs).await;
+        forget();
+        result
+    }
+
     async fn load_coalesced<V, K, Kd, F, Fut, E>(
         &self,
         strategy: &Strategy<V, K, Kd>,
@@ -604,6 +915,7 @@ impl Cache {
                     }
                     Err(e) => {
                         inner.fault(&e);
+                        self.release_in_background(rendered, token, strategy.lease_time());
                         break;
                     }
                 }
@@ -661,6 +973,33 @@ impl Cache {
                 Err(e)
             }
         }
+    }
+
+    /// The lease request failed, but may still run on the server (a timeout, say): follow it
+    /// with releases, so no orphaned lease makes others wait. A reconnect may carry the release
+    /// on another connection and so overtake the request: repeat it, backing off, until the
+    /// lease would have expired anyway. Each release is a compare-and-delete of our token.
+    fn release_in_background(&self, rendered: &Rendered, token: Token, within: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.inner.backend.clone();
+        let (key, field, shape) = (rendered.key.clone(), rendered.field.clone(), rendered.shape);
+        runtime.spawn(async move {
+            let loc = Loc {
+                key: &key,
+                field: &field,
+                shape,
+            };
+            let deadline = Instant::now() + within;
+            let mut pause = Duration::from_millis(25);
+            while Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = backend.release_after_failure(loc, &token, left).await;
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        });
     }
 
     async fn release(&self, loc: Loc<'_>, lease: Option<&Token>) {

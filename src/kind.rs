@@ -53,3 +53,11 @@ kinds! {
     /// (Flask-CacheOBJ's `cache_hash`).
     Hash => Hash;
 }
+
+/// The kinds [`Cache::fetch_many`](crate::Cache::fetch_many) reads in one round trip:
+/// [`Obj`], [`Counter`] and [`Hash`].
+pub trait Batch: Kind {}
+
+impl Batch for Obj {}
+impl Batch for Counter {}
+impl Batch for Hash {}

@@ -22,7 +22,7 @@ pub use codec::Codec;
 pub use config::CacheConfig;
 pub use error::{CodecError, ConfigError, Error, KeyError};
 pub use key::CacheKey;
-pub use kind::{Counter, Hash, Kind, List, Obj, Set};
+pub use kind::{Batch, Counter, Hash, Kind, List, Obj, Set};
 pub use stats::Stats;
 pub use strategy::{Strategy, DEFAULT_LEASE};
 pub use value::{CacheValue, Collection};

@@ -460,6 +460,14 @@ impl MemoryBackend {
         }))
     }
 
+    pub(crate) fn read_many(&self, locs: &[Loc<'_>]) -> Result<Vec<Lookup>, Error> {
+        locs.iter().map(|loc| self.read(*loc)).collect()
+    }
+
+    pub(crate) fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
+        locs.iter().try_for_each(|loc| self.invalidate(*loc))
+    }
+
     pub(crate) fn ping(&self) -> Result<(), Error> {
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::kind::Shape;
 use crate::value::Payload;
 
 pub(crate) use self::memory::MemoryBackend;
-pub(crate) use self::redis::{RedisBackend, RedisConn};
+pub(crate) use self::redis::{Rebuild, RedisBackend, RedisConn};
 
 /// Starts a fill lease marker. 0xC1 is never the first byte of a MessagePack value, so no
 /// MessagePack-encoded value is mistaken for a marker.
@@ -130,6 +130,19 @@ impl Backend {
         dispatch!(self.refill(loc, expected, payload, ttl_ms))
     }
 
+    /// Drops a lease whose acquisition failed and may still land, bypassing the breaker.
+    pub(crate) async fn release_after_failure(
+        &self,
+        loc: Loc<'_>,
+        token: &Token,
+        within: std::time::Duration,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::Redis(b) => b.release_after_failure(loc, token, within).await,
+            Backend::Memory(b) => b.release(loc, token),
+        }
+    }
+
     /// Drops the lease `token` if it still holds the entry.
     pub(crate) async fn release(&self, loc: Loc<'_>, token: &Token) -> Result<(), Error> {
         dispatch!(self.release(loc, token))
@@ -181,6 +194,16 @@ impl Backend {
 
     pub(crate) async fn contains(&self, loc: Loc<'_>, elem: &[u8]) -> Result<Option<bool>, Error> {
         dispatch!(self.contains(loc, elem))
+    }
+
+    /// Reads many string or hash entries in one round trip.
+    pub(crate) async fn read_many(&self, locs: &[Loc<'_>]) -> Result<Vec<Lookup>, Error> {
+        dispatch!(self.read_many(locs))
+    }
+
+    /// Removes many entries in one round trip (not atomically).
+    pub(crate) async fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
+        dispatch!(self.invalidate_many(locs))
     }
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {

@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 
 use super::{is_lease, Acquire, Loc, Lookup, Token};
@@ -86,9 +88,19 @@ impl Breaker {
     }
 }
 
+/// How to build a fresh connection manager: after a failure that the manager does not recover
+/// from by itself (it reconnects after I/O errors only; a refused login stays refused).
+#[derive(Clone)]
+pub(crate) struct Rebuild {
+    pub(crate) client: redis::Client,
+    pub(crate) config: ConnectionManagerConfig,
+}
+
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
-    conn: RedisConn,
+    conn: Arc<RwLock<RedisConn>>,
+    rebuild: Option<Arc<Rebuild>>,
+    last_rebuild_ms: Arc<AtomicU64>,
     timeout: Duration,
     breaker: Arc<Breaker>,
 }
@@ -387,6 +399,10 @@ return 1
 "#
 );
 
+fn is_auth_error(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
 fn is_wrong_type(e: &redis::RedisError) -> bool {
     e.code() == Some("WRONGTYPE")
 }
@@ -468,15 +484,62 @@ fn opt_u64(v: Value) -> Result<Option<u64>, Error> {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(conn: RedisConn, timeout: Duration, retry_interval: Duration) -> Self {
+    pub(crate) fn new(
+        conn: RedisConn,
+        rebuild: Option<Rebuild>,
+        timeout: Duration,
+        retry_interval: Duration,
+    ) -> Self {
         RedisBackend {
-            conn,
+            conn: Arc::new(RwLock::new(conn)),
+            rebuild: rebuild.map(Arc::new),
+            last_rebuild_ms: Arc::new(AtomicU64::new(0)),
             timeout,
             breaker: Arc::new(Breaker {
                 open_until_ms: AtomicU64::new(0),
                 retry_ms: retry_interval.as_millis().max(1) as u64,
             }),
         }
+    }
+
+    fn conn(&self) -> RedisConn {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the connection manager after a failure it does not recover from by itself,
+    /// at most once per retry interval.
+    fn maybe_rebuild(&self, e: &redis::RedisError) {
+        let Some(rebuild) = &self.rebuild else {
+            return;
+        };
+        if e.kind() != redis::ErrorKind::AuthenticationFailed && !is_auth_error(e) {
+            return;
+        }
+        let now = now_ms();
+        let last = self.last_rebuild_ms.load(Ordering::Relaxed);
+        if last != 0 && now < last + self.breaker.retry_ms {
+            return;
+        }
+        self.last_rebuild_ms.store(now.max(1), Ordering::Relaxed);
+        match ConnectionManager::new_lazy_with_config(
+            rebuild.client.clone(),
+            rebuild.config.clone(),
+        ) {
+            Ok(manager) => {
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = RedisConn::Manager(manager);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cacheobj: could not rebuild the redis connection")
+            }
+        }
+    }
+
+    fn classify(&self, e: redis::RedisError) -> Error {
+        self.maybe_rebuild(&e);
+        if e.is_timeout() {
+            return Error::Timeout(self.timeout);
+        }
+        Error::Redis(e)
     }
 
     /// Runs one request, bounded by the response timeout and skipped while the breaker is open.
@@ -488,25 +551,62 @@ impl RedisBackend {
         if self.breaker.is_open() {
             return Err(Error::Unavailable);
         }
-        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+        self.run_unchecked(self.timeout, f).await
+    }
+
+    /// Runs one request bounded by `timeout`, even while the breaker is open.
+    async fn run_unchecked<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout(timeout, f(self.conn())).await {
             Ok(Ok(v)) => {
                 self.breaker.close();
                 Ok(v)
             }
             Ok(Err(e)) => {
-                let failed = is_connection_error(&e);
-                let error = Error::Redis(e);
-                if failed {
+                let failed =
+                    is_connection_error(&e) || e.kind() == redis::ErrorKind::AuthenticationFailed;
+                let error = self.classify(e);
+                if failed || matches!(error, Error::Timeout(_)) {
                     self.breaker.trip(&error);
                 }
                 Err(error)
             }
             Err(_) => {
-                let error = Error::Timeout(self.timeout);
+                let error = Error::Timeout(timeout);
                 self.breaker.trip(&error);
                 Err(error)
             }
         }
+    }
+
+    /// Releases a lease whose acquisition failed (timed out): the request may still run on the
+    /// server later and leave an orphaned lease, so this follows it on the same connection,
+    /// whatever the breaker says, for up to the lease time.
+    pub(crate) async fn release_after_failure(
+        &self,
+        loc: Loc<'_>,
+        token: &Token,
+        within: Duration,
+    ) -> Result<(), Error> {
+        if loc.shape == Shape::Hash {
+            let mut invocation = HASH_RELEASE.key(loc.key);
+            invocation.arg(loc.field).arg(token.as_str());
+            self.run_unchecked(within, |mut c| async move {
+                invocation.invoke_async::<Value>(&mut c).await
+            })
+            .await?;
+        } else {
+            let mut invocation = RELEASE.key(loc.key);
+            invocation.arg(token.marker());
+            self.run_unchecked(within, |mut c| async move {
+                invocation.invoke_async::<Value>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn cmd(&self, cmd: Cmd) -> Result<Value, Error> {
@@ -785,21 +885,65 @@ impl RedisBackend {
         Ok(opt_u64(reply)?.map(|n| n == 1))
     }
 
+    pub(crate) async fn read_many(&self, locs: &[Loc<'_>]) -> Result<Vec<Lookup>, Error> {
+        if locs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies = if locs.iter().all(|l| l.shape == Shape::Str) {
+            let mut cmd = redis::cmd("MGET");
+            for loc in locs {
+                cmd.arg(loc.key);
+            }
+            match self.cmd(cmd).await? {
+                Value::Array(items) => items,
+                _ => return Err(unexpected("MGET reply")),
+            }
+        } else {
+            let mut pipe = redis::pipe();
+            for loc in locs {
+                match loc.shape {
+                    Shape::Hash => pipe.cmd("HGET").arg(loc.key).arg(loc.field),
+                    _ => pipe.cmd("GET").arg(loc.key),
+                };
+            }
+            self.run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
+                .await?
+        };
+        if replies.len() != locs.len() {
+            return Err(unexpected("batch reply length"));
+        }
+        Ok(replies
+            .into_iter()
+            .map(|v| match v {
+                Value::ServerError(_) => Lookup::Garbage,
+                other => string_lookup(other),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
+        if locs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for loc in locs {
+            if loc.shape == Shape::Hash {
+                pipe.cmd("HDEL").arg(loc.key).arg(loc.field).ignore();
+            } else {
+                pipe.cmd("DEL").arg(loc.key).ignore();
+            }
+        }
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
+    }
+
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         // A ping goes through even while the breaker is open: it is how callers check.
-        match tokio::time::timeout(self.timeout, async {
-            let mut c = self.conn.clone();
+        self.run_unchecked(self.timeout, |mut c| async move {
             redis::cmd("PING").query_async::<Value>(&mut c).await
         })
         .await
-        {
-            Ok(Ok(_)) => {
-                self.breaker.close();
-                Ok(())
-            }
-            Ok(Err(e)) => Err(Error::Redis(e)),
-            Err(_) => Err(Error::Timeout(self.timeout)),
-        }
+        .map(|_| ())
     }
 }
 

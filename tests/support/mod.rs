@@ -320,3 +320,78 @@ fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Both backends, for the behaviour suite (tests/obj.rs, tests/list.rs, ...).
+// ---------------------------------------------------------------------------
+
+/// A [`cacheobj::Cache`] on the shared test Redis ([`redis_url`]) with a fresh
+/// [`unique_prefix`], and that prefix.
+pub async fn redis_cache(test: &str) -> (cacheobj::Cache, String) {
+    let prefix = unique_prefix(test);
+    let config = cacheobj::CacheConfig::builder()
+        .url(redis_url())
+        .prefix(prefix.clone())
+        .build();
+    let cache = cacheobj::Cache::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("Cache::connect to {} failed: {e:?}", redis_url()));
+    if let Err(e) = cache.ping().await {
+        panic!("the test Redis at {} does not answer: {e:?}", redis_url());
+    }
+    (cache, prefix)
+}
+
+/// An in-memory [`cacheobj::Cache`] with a fresh [`unique_prefix`], and that prefix.
+pub fn memory_cache(test: &str) -> (cacheobj::Cache, String) {
+    let prefix = unique_prefix(test);
+    let config = cacheobj::CacheConfig::builder()
+        .prefix(prefix.clone())
+        .build();
+    let cache = cacheobj::Cache::in_memory_with(config)
+        .unwrap_or_else(|e| panic!("Cache::in_memory_with failed: {e:?}"));
+    (cache, prefix)
+}
+
+/// Both backends, labelled `"redis"` and `"memory"`, each with its own fresh prefix: run the
+/// same assertions against each (put the label in assertion messages).
+pub async fn backends(test: &str) -> Vec<(&'static str, cacheobj::Cache)> {
+    let (redis, _) = redis_cache(test).await;
+    let (memory, _) = memory_cache(test);
+    vec![("redis", redis), ("memory", memory)]
+}
+
+/// The raw Redis key (prefix included) of an entry, as a `Vec<u8>` for raw commands.
+pub fn entry_redis_key<V, K: cacheobj::CacheKey, Kd: cacheobj::Kind>(
+    cache: &cacheobj::Cache,
+    strategy: &cacheobj::Strategy<V, K, Kd>,
+    key: &K,
+) -> Vec<u8> {
+    cache
+        .entry_key(strategy, key)
+        .unwrap_or_else(|e| panic!("entry_key failed: {e:?}"))
+        .key
+}
+
+/// `PTTL` of a raw key on the shared test Redis: -2 missing, -1 no TTL, else milliseconds.
+pub async fn raw_pttl(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("PTTL failed: {e}"))
+}
+
+/// `TYPE` of a raw key on the shared test Redis (`"none"` when missing).
+pub async fn raw_type(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> String {
+    let v: redis::Value = redis::cmd("TYPE")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("TYPE failed: {e}"));
+    match v {
+        redis::Value::SimpleString(s) => s,
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("unexpected TYPE reply {other:?}"),
+    }
+}
