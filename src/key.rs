@@ -148,6 +148,7 @@ impl Sink for Direct<'_> {
                 value.serialize(ValueWriter {
                     out: self.out,
                     field: name,
+                    in_option: false,
                 })?;
                 self.next += 1;
                 Ok(())
@@ -183,6 +184,7 @@ impl Sink for Scratch<'_> {
         value.serialize(ValueWriter {
             out: &mut self.buf,
             field: name,
+            in_option: false,
         })?;
         self.ranges[index] = Some((start, self.buf.len()));
         Ok(())
@@ -333,6 +335,8 @@ impl<'a, S: Sink> ser::Serializer for Top<'a, S> {
 struct ValueWriter<'a> {
     out: &'a mut Vec<u8>,
     field: &'static str,
+    /// Inside `Some(..)`: a nested option would render `Some(None)` like `None`, so it is refused.
+    in_option: bool,
 }
 
 impl ValueWriter<'_> {
@@ -415,13 +419,20 @@ impl ser::Serializer for ValueWriter<'_> {
         Ok(())
     }
     fn serialize_none(self) -> Result<(), KeyError> {
+        if self.in_option {
+            return self.unsupported("nested option");
+        }
         self.out.extend_from_slice(NONE_MARK);
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), KeyError> {
+        if self.in_option {
+            return self.unsupported("nested option");
+        }
         value.serialize(ValueWriter {
             out: self.out,
             field: self.field,
+            in_option: true,
         })
     }
     fn serialize_unit(self) -> Result<(), KeyError> {

@@ -11,6 +11,19 @@ use crate::key::{render, CacheKey};
 use crate::kind::{Counter, Hash, Kind, List, Obj, Set};
 use crate::template::Template;
 
+/// The longest TTL or lease a strategy keeps: 100 years. Longer ones are clamped to it, so
+/// that Redis (which refuses expiry times past `i64` milliseconds) and the in-memory clock
+/// never overflow.
+const MAX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+const fn clamp_ms(ms: u64) -> u64 {
+    if ms > MAX_MS {
+        MAX_MS
+    } else {
+        ms
+    }
+}
+
 /// How long a fill lease lasts unless a strategy sets [`Strategy::lease`]: 3 seconds.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
@@ -213,7 +226,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
         if secs == 0 {
             panic!("cacheobj: expire(0) would expire entries at once: leave `.expire(..)` out for entries that never expire");
         }
-        self.expire_ms = secs.saturating_mul(1000);
+        self.expire_ms = clamp_ms(secs.saturating_mul(1000));
         self
     }
 
@@ -240,7 +253,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
         if secs == 0 {
             panic!("cacheobj: negative_expire(0) would expire entries at once: leave it out to cache \"not found\" like any value");
         }
-        self.negative_ms = Some(secs.saturating_mul(1000));
+        self.negative_ms = Some(clamp_ms(secs.saturating_mul(1000)));
         self
     }
 
@@ -307,8 +320,8 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
         if ms == 0 {
             panic!("cacheobj: a lease must last at least a millisecond");
         }
-        self.lease_ms = if ms > u64::MAX as u128 {
-            u64::MAX
+        self.lease_ms = if ms > MAX_MS as u128 {
+            MAX_MS
         } else {
             ms as u64
         };
@@ -363,8 +376,8 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     #[must_use]
     pub const fn early_refresh(mut self, load_time: Duration) -> Self {
         let ms = load_time.as_millis();
-        self.early_refresh_ms = if ms > u64::MAX as u128 {
-            u64::MAX
+        self.early_refresh_ms = if ms > MAX_MS as u128 {
+            MAX_MS
         } else if ms == 0 {
             1
         } else {

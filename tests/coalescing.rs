@@ -164,6 +164,7 @@ async fn second_cache(prefix: &str) -> Cache {
     Cache::connect(
         CacheConfig::builder()
             .url(support::redis_url())
+            .response_timeout(std::time::Duration::from_secs(2))
             .prefix(prefix)
             .build(),
     )

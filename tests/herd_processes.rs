@@ -51,6 +51,7 @@ async fn worker_250_fetches() {
     let cache = Cache::connect(
         CacheConfig::builder()
             .url(support::redis_url())
+            .response_timeout(std::time::Duration::from_secs(2))
             .prefix(prefix.clone())
             .build(),
     )

@@ -24,6 +24,7 @@ async fn cache(prefix: &str) -> Cache {
     Cache::connect(
         CacheConfig::builder()
             .url(support::redis_url())
+            .response_timeout(std::time::Duration::from_secs(2))
             .prefix(prefix)
             .build(),
     )

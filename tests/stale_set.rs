@@ -226,6 +226,7 @@ async fn invalidation_from_another_cache_beats_a_slow_fill() {
     let writer = Cache::connect(
         cacheobj::CacheConfig::builder()
             .url(support::redis_url())
+            .response_timeout(std::time::Duration::from_secs(2))
             .prefix(prefix)
             .build(),
     )

@@ -40,7 +40,7 @@ impl Entry {
     fn new(value: Stored, ttl_ms: u64) -> Entry {
         Entry {
             value,
-            deadline: (ttl_ms > 0).then(|| now_ms() + ttl_ms),
+            deadline: (ttl_ms > 0).then(|| now_ms().saturating_add(ttl_ms)),
         }
     }
 
@@ -212,9 +212,12 @@ impl MemoryBackend {
                     return Ok(Acquire::Hit(Payload::Bytes(v.clone())));
                 }
             }
-            fields.insert(loc.field.to_vec(), hash_marker(token, now_ms() + lease_ms));
+            fields.insert(
+                loc.field.to_vec(),
+                hash_marker(token, now_ms().saturating_add(lease_ms)),
+            );
             // Like the script: the hash lives at least as long as the lease.
-            let min_deadline = now_ms() + lease_ms;
+            let min_deadline = now_ms().saturating_add(lease_ms);
             if let Some(d) = entry.deadline {
                 entry.deadline = Some(d.max(min_deadline));
             } else if fields.len() == 1 {
@@ -266,7 +269,7 @@ impl MemoryBackend {
             if ttl_ms == 0 {
                 entry.deadline = None;
             } else if let Some(d) = entry.deadline {
-                entry.deadline = Some(d.max(now_ms() + ttl_ms));
+                entry.deadline = Some(d.max(now_ms().saturating_add(ttl_ms)));
             }
             shard.wrote();
             return Ok(true);

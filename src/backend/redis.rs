@@ -73,7 +73,7 @@ impl Breaker {
     fn trip(&self, error: &Error) {
         let was = self
             .open_until_ms
-            .swap(now_ms() + self.retry_ms, Ordering::Relaxed);
+            .swap(now_ms().saturating_add(self.retry_ms), Ordering::Relaxed);
         if was == 0 {
             tracing::warn!(%error, retry_in_ms = self.retry_ms, "cacheobj: redis failed; requests skip it until it is retried");
         }
@@ -517,7 +517,7 @@ impl RedisBackend {
         }
         let now = now_ms();
         let last = self.last_rebuild_ms.load(Ordering::Relaxed);
-        if last != 0 && now < last + self.breaker.retry_ms {
+        if last != 0 && now < last.saturating_add(self.breaker.retry_ms) {
             return;
         }
         self.last_rebuild_ms.store(now.max(1), Ordering::Relaxed);

@@ -329,9 +329,12 @@ fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
 /// [`unique_prefix`], and that prefix.
 pub async fn redis_cache(test: &str) -> (cacheobj::Cache, String) {
     let prefix = unique_prefix(test);
+    // A generous response timeout: these tests check behaviour, not speed, and run on shared,
+    // loaded machines (the fail-open tests set their own short timeouts).
     let config = cacheobj::CacheConfig::builder()
         .url(redis_url())
         .prefix(prefix.clone())
+        .response_timeout(Duration::from_secs(2))
         .build();
     let cache = cacheobj::Cache::connect(config)
         .await
