@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
+#[cfg(feature = "cluster")]
+use crate::backend::LazyCluster;
 use crate::backend::{
     Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
 };
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
-use crate::error::{Error, KeyError};
+use crate::error::{ConfigError, Error, KeyError};
 use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Role};
 use crate::key::CacheKey;
 use crate::kind::{Batch, Counter, Hash, Kind, List, Set, Shape};
@@ -121,6 +123,60 @@ impl Inner {
     }
 }
 
+/// rustls needs a process-wide crypto provider; install ring's unless the application has
+/// installed one.
+#[cfg(feature = "tls")]
+fn install_tls_provider() -> Result<(), Error> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn install_tls_provider() -> Result<(), Error> {
+    Err(Error::Config(ConfigError::FeatureDisabled("tls")))
+}
+
+#[cfg(feature = "tls")]
+fn tls_client(info: redis::ConnectionInfo, pem: Vec<u8>) -> redis::RedisResult<redis::Client> {
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client(_info: redis::ConnectionInfo, _pem: Vec<u8>) -> redis::RedisResult<redis::Client> {
+    Err(redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "a CA certificate needs cacheobj's `tls` feature",
+    )))
+}
+
+#[cfg(all(feature = "cluster", feature = "tls"))]
+fn cluster_certs(
+    builder: redis::cluster::ClusterClientBuilder,
+    pem: Vec<u8>,
+) -> Result<redis::cluster::ClusterClientBuilder, Error> {
+    Ok(builder.certs(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+#[cfg(all(feature = "cluster", not(feature = "tls")))]
+fn cluster_certs(
+    _builder: redis::cluster::ClusterClientBuilder,
+    _pem: Vec<u8>,
+) -> Result<redis::cluster::ClusterClientBuilder, Error> {
+    Err(Error::Config(ConfigError::FeatureDisabled("tls")))
+}
+
 /// The loader must return one value per key it was given.
 fn check_len<V, E: From<Error>>(values: Vec<V>, expected: usize) -> Result<Vec<V>, E> {
     if values.len() == expected {
@@ -180,10 +236,61 @@ impl Cache {
     /// # }
     /// ```
     pub async fn connect(config: CacheConfig) -> Result<Cache, Error> {
+        config.check_limits()?;
+        let ca_cert = config.read_ca_cert()?;
+        if ca_cert.is_some()
+            || config
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss"))
+        {
+            install_tls_provider()?;
+        }
+        if !config.nodes.is_empty() {
+            return Cache::connect_cluster(config, ca_cert);
+        }
         let info = config.connection_info()?;
-        let client = redis::Client::open(info)
-            .map_err(|e| Error::Config(crate::error::ConfigError::Url(e)))?;
+        let client = match ca_cert {
+            None => redis::Client::open(info),
+            Some(pem) => tls_client(info, pem),
+        }
+        .map_err(|e| Error::Config(ConfigError::Url(e)))?;
         Cache::from_client(client, config).await
+    }
+
+    #[cfg(feature = "cluster")]
+    fn connect_cluster(config: CacheConfig, ca_cert: Option<Vec<u8>>) -> Result<Cache, Error> {
+        if config.nodes.iter().any(|n| n.starts_with("rediss")) {
+            install_tls_provider()?;
+        }
+        let mut builder =
+            redis::cluster::ClusterClientBuilder::new(config.nodes.iter().map(String::as_str))
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout);
+        if let Some(username) = &config.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &config.password {
+            builder = builder.password(password);
+        }
+        if let Some(pem) = ca_cert {
+            builder = cluster_certs(builder, pem)?;
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(ConfigError::Url(e)))?;
+        let conn = RedisConn::Cluster(Arc::new(LazyCluster::new(client)));
+        let cache = Cache::with_redis(conn, None, &config);
+        let warm = cache.clone();
+        tokio::spawn(async move {
+            let _ = warm.ping().await;
+        });
+        Ok(cache)
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    fn connect_cluster(_config: CacheConfig, _ca_cert: Option<Vec<u8>>) -> Result<Cache, Error> {
+        Err(Error::Config(ConfigError::FeatureDisabled("cluster")))
     }
 
     /// A cache on a `redis::Client` you built (Flask-CacheOBJ's `cache.mc = ...`); the

@@ -1,6 +1,7 @@
 //! Connection and behaviour settings.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
@@ -50,6 +51,16 @@ pub struct CacheConfig {
     /// password. Default: none.
     #[builder(default, setter(into, strip_option))]
     pub url: Option<String>,
+    /// Redis Cluster nodes as `redis://` (or `rediss://`) URLs (`CACHE_NODES`, comma-separated).
+    /// When set, the cache runs on the cluster and `host`, `port`, `db` and `url` are ignored;
+    /// `username`, `password` and `ca_cert` apply. Needs the `cluster` feature. Default: none.
+    #[builder(default, setter(into))]
+    pub nodes: Vec<String>,
+    /// A PEM file of the CA certificate(s) that sign the servers' TLS certificates
+    /// (`CACHE_CA_CERT`), for `rediss://` URLs; without it the system's roots are trusted.
+    /// Needs the `tls` feature. Default: none.
+    #[builder(default, setter(into, strip_option))]
+    pub ca_cert: Option<PathBuf>,
     /// How long one connection attempt may take. Default: 1 second.
     #[builder(default = Duration::from_secs(1))]
     pub connect_timeout: Duration,
@@ -93,7 +104,8 @@ fn parse_env<T: std::str::FromStr>(
 
 impl CacheConfig {
     /// Reads `CACHE_URL`, `CACHE_HOST`, `CACHE_PORT`, `CACHE_DB`, `CACHE_PREFIX`,
-    /// `CACHE_USERNAME` and `CACHE_PASSWORD`; unset or empty variables keep their defaults.
+    /// `CACHE_USERNAME`, `CACHE_PASSWORD`, `CACHE_NODES` (comma-separated URLs) and
+    /// `CACHE_CA_CERT`; unset or empty variables keep their defaults.
     ///
     /// # Errors
     ///
@@ -111,6 +123,16 @@ impl CacheConfig {
             url: env_var("CACHE_URL"),
             username: env_var("CACHE_USERNAME"),
             password: env_var("CACHE_PASSWORD"),
+            nodes: env_var("CACHE_NODES")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ca_cert: env_var("CACHE_CA_CERT").map(PathBuf::from),
             ..CacheConfig::default()
         };
         if let Some(host) = env_var("CACHE_HOST") {
@@ -157,6 +179,19 @@ impl CacheConfig {
             .into_connection_info()
             .map_err(ConfigError::Url)?;
         Ok(info.set_redis_settings(redis))
+    }
+
+    /// The CA certificate's PEM bytes, if one is configured.
+    pub(crate) fn read_ca_cert(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        match &self.ca_cert {
+            None => Ok(None),
+            Some(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|source| ConfigError::CaCert {
+                    path: path.clone(),
+                    source,
+                }),
+        }
     }
 
     /// Checks the settings that do not concern the connection.
@@ -207,6 +242,11 @@ impl fmt::Debug for CacheConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("ca_cert", &self.ca_cert)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("retry_interval", &self.retry_interval)

@@ -95,6 +95,18 @@ pub enum ConfigError {
         /// The prefix's length in bytes.
         prefix: usize,
     },
+    /// The CA certificate file could not be read.
+    #[error("cannot read the CA certificate {path:?}")]
+    CaCert {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration needs a cargo feature this build does not have.
+    #[error("this configuration needs cacheobj's `{0}` feature: enable it in Cargo.toml")]
+    FeatureDisabled(&'static str),
     /// The URL could not be parsed.
     #[error("invalid redis url")]
     Url(#[source] redis::RedisError),

@@ -9,6 +9,8 @@ use crate::kind::Shape;
 use crate::value::Payload;
 
 pub(crate) use self::memory::MemoryBackend;
+#[cfg(feature = "cluster")]
+pub(crate) use self::redis::LazyCluster;
 pub(crate) use self::redis::{Rebuild, RedisBackend, RedisConn};
 
 /// Starts a fill lease marker. 0xC1 is never the first byte of a MessagePack value, so no

@@ -16,11 +16,51 @@ use crate::error::{is_connection_error, Error};
 use crate::kind::Shape;
 use crate::value::Payload;
 
-/// A connection to Redis: the library's own auto-reconnecting manager, or one the user built.
+/// A connection to Redis: the library's own auto-reconnecting manager, one the user built, or
+/// a Redis Cluster connection.
 #[derive(Clone)]
 pub(crate) enum RedisConn {
     Manager(ConnectionManager),
     Multiplexed(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use, so that a cache starts while the cluster is down;
+/// once made, redis-rs follows the cluster's topology and reconnects to nodes by itself.
+#[cfg(feature = "cluster")]
+pub(crate) struct LazyCluster {
+    client: redis::cluster::ClusterClient,
+    conn: RwLock<Option<redis::cluster_async::ClusterConnection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[cfg(feature = "cluster")]
+impl LazyCluster {
+    pub(crate) fn new(client: redis::cluster::ClusterClient) -> Self {
+        LazyCluster {
+            client,
+            conn: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<redis::cluster_async::ClusterConnection> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn get(&self) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let conn = self.client.get_async_connection().await?;
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
 }
 
 impl ConnectionLike for RedisConn {
@@ -28,6 +68,11 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Manager(c) => c.req_packed_command(cmd),
             RedisConn::Multiplexed(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_command(cmd).await
+            }),
         }
     }
 
@@ -40,6 +85,11 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(lazy) => Box::pin(async move {
+                let mut conn = lazy.get().await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
         }
     }
 
@@ -47,6 +97,8 @@ impl ConnectionLike for RedisConn {
         match self {
             RedisConn::Manager(c) => c.get_db(),
             RedisConn::Multiplexed(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(_) => 0,
         }
     }
 }
@@ -890,6 +942,7 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let replies = if locs.iter().all(|l| l.shape == Shape::Str) {
+            // One MGET; redis-rs's cluster client splits it by slot.
             let mut cmd = redis::cmd("MGET");
             for loc in locs {
                 cmd.arg(loc.key);
@@ -899,15 +952,23 @@ impl RedisBackend {
                 _ => return Err(unexpected("MGET reply")),
             }
         } else {
-            let mut pipe = redis::pipe();
-            for loc in locs {
-                match loc.shape {
-                    Shape::Hash => pipe.cmd("HGET").arg(loc.key).arg(loc.field),
-                    _ => pipe.cmd("GET").arg(loc.key),
+            // Concurrent requests share the multiplexed connection and go out as one pipeline;
+            // unlike a `redis::Pipeline`, they may span cluster slots.
+            let replies = futures_util::future::join_all(locs.iter().map(|loc| {
+                let cmd = match loc.shape {
+                    Shape::Hash => redis::cmd("HGET").arg(loc.key).arg(loc.field).clone(),
+                    _ => redis::cmd("GET").arg(loc.key).clone(),
                 };
-            }
-            self.run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
-                .await?
+                self.cmd(cmd)
+            }))
+            .await;
+            replies
+                .into_iter()
+                .map(|r| match r {
+                    Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Value::Int(0)),
+                    other => other,
+                })
+                .collect::<Result<Vec<_>, _>>()?
         };
         if replies.len() != locs.len() {
             return Err(unexpected("batch reply length"));
@@ -922,19 +983,11 @@ impl RedisBackend {
     }
 
     pub(crate) async fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
-        if locs.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for loc in locs {
-            if loc.shape == Shape::Hash {
-                pipe.cmd("HDEL").arg(loc.key).arg(loc.field).ignore();
-            } else {
-                pipe.cmd("DEL").arg(loc.key).ignore();
-            }
-        }
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+        // Concurrent, so pipelined on the connection, and free to span cluster slots.
+        futures_util::future::join_all(locs.iter().map(|loc| self.invalidate(*loc)))
             .await
+            .into_iter()
+            .collect()
     }
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {
