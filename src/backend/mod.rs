@@ -1,6 +1,7 @@
 //! Where entries live: Redis, or the embedded in-memory store. Both implement the same
 //! single-key operations with the same semantics; see `FORMAT.md` for the stored layout.
 
+mod batch;
 mod memory;
 mod redis;
 

@@ -11,6 +11,7 @@ use redis::aio::{
 };
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 
+use super::batch::{deliver, Pending, ReadBatcher, Turn};
 use super::{is_lease, Acquire, Loc, Lookup, Token};
 use crate::error::{is_connection_error, Error};
 use crate::kind::Shape;
@@ -155,6 +156,35 @@ pub(crate) struct RedisBackend {
     last_rebuild_ms: Arc<AtomicU64>,
     timeout: Duration,
     breaker: Arc<Breaker>,
+    /// Coalesces concurrent GETs into MGETs; not on a cluster, where MGET splits by slot.
+    batcher: Option<Arc<ReadBatcher<Value>>>,
+}
+
+/// How many reads (GETs or MGET batches) may be on the wire at once before further reads queue
+/// for the next batch.
+const READS_IN_FLIGHT: usize = 2;
+
+/// Holds a read slot; hands queued reads to a batch when the read ends or is cancelled.
+struct Slot<'a> {
+    backend: &'a RedisBackend,
+    batcher: &'a Arc<ReadBatcher<Value>>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.batcher.next_or_release() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(
+                        self.backend
+                            .clone()
+                            .run_batches(self.batcher.clone(), queue),
+                    );
+                }
+                Err(_) => deliver(queue, Err("no runtime to send the batch on".into())),
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -451,6 +481,17 @@ return 1
 "#
 );
 
+/// `NAME key [field]`, built in place (`redis::cmd(..).arg(..)` returns a reference, and
+/// cloning the command would copy its buffers).
+fn key_cmd(name: &str, key: &[u8], field: Option<&[u8]>) -> Cmd {
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key);
+    if let Some(field) = field {
+        cmd.arg(field);
+    }
+    cmd
+}
+
 fn is_auth_error(e: &redis::RedisError) -> bool {
     matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
@@ -542,7 +583,13 @@ impl RedisBackend {
         timeout: Duration,
         retry_interval: Duration,
     ) -> Self {
+        #[cfg(feature = "cluster")]
+        let batcher = (!matches!(conn, RedisConn::Cluster(_)))
+            .then(|| Arc::new(ReadBatcher::new(READS_IN_FLIGHT)));
+        #[cfg(not(feature = "cluster"))]
+        let batcher = Some(Arc::new(ReadBatcher::new(READS_IN_FLIGHT)));
         RedisBackend {
+            batcher,
             conn: Arc::new(RwLock::new(conn)),
             rebuild: rebuild.map(Arc::new),
             last_rebuild_ms: Arc::new(AtomicU64::new(0)),
@@ -678,23 +725,67 @@ impl RedisBackend {
             .await
     }
 
+    /// Sends batches of queued reads until no more queue up, then frees the slot.
+    async fn run_batches(self, batcher: Arc<ReadBatcher<Value>>, mut queue: Vec<Pending<Value>>) {
+        loop {
+            let mut cmd = redis::cmd("MGET");
+            for (key, _) in &queue {
+                cmd.arg(&key[..]);
+            }
+            let replies = match self.cmd(cmd).await {
+                Ok(Value::Array(items)) => Ok(items),
+                Ok(_) => Err("unexpected MGET reply".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            deliver(queue, replies);
+            match batcher.next_or_release() {
+                Some(next) => queue = next,
+                None => return,
+            }
+        }
+    }
+
+    /// GET through the batcher: at once when a slot is free, else in the next MGET.
+    async fn get(&self, key: &[u8]) -> Result<Value, Error> {
+        let Some(batcher) = &self.batcher else {
+            return self.cmd(key_cmd("GET", key, None)).await;
+        };
+        if self.breaker.is_open() {
+            return Err(Error::Unavailable);
+        }
+        match batcher.turn(key) {
+            Turn::Go => {
+                let _slot = Slot {
+                    backend: self,
+                    batcher,
+                };
+                self.cmd(key_cmd("GET", key, None)).await
+            }
+            Turn::Wait(rx) => match tokio::time::timeout(self.timeout, rx).await {
+                Ok(Ok(Ok(value))) => Ok(value),
+                Ok(Ok(Err(e))) => Err(Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "batched read failed",
+                    e,
+                )))),
+                Ok(Err(_)) => Err(Error::Unavailable),
+                Err(_) => Err(Error::Timeout(self.timeout)),
+            },
+        }
+    }
+
     pub(crate) async fn read(&self, loc: Loc<'_>) -> Result<Lookup, Error> {
         match loc.shape {
-            Shape::Str => match self.cmd(redis::cmd("GET").arg(loc.key).clone()).await {
+            Shape::Str => match self.get(loc.key).await {
                 Ok(v) => Ok(string_lookup(v)),
                 Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
                 Err(e) => Err(e),
             },
-            Shape::Hash => {
-                match self
-                    .cmd(redis::cmd("HGET").arg(loc.key).arg(loc.field).clone())
-                    .await
-                {
-                    Ok(v) => Ok(string_lookup(v)),
-                    Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
-                    Err(e) => Err(e),
-                }
-            }
+            Shape::Hash => match self.cmd(key_cmd("HGET", loc.key, Some(loc.field))).await {
+                Ok(v) => Ok(string_lookup(v)),
+                Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
+                Err(e) => Err(e),
+            },
             Shape::List | Shape::Set => {
                 let reply = self
                     .script(&READ_COLLECTION, loc.key, |i| {
@@ -829,15 +920,15 @@ impl RedisBackend {
 
     pub(crate) async fn invalidate(&self, loc: Loc<'_>) -> Result<(), Error> {
         let cmd = if loc.shape == Shape::Hash {
-            redis::cmd("HDEL").arg(loc.key).arg(loc.field).clone()
+            key_cmd("HDEL", loc.key, Some(loc.field))
         } else {
-            redis::cmd("DEL").arg(loc.key).clone()
+            key_cmd("DEL", loc.key, None)
         };
         match self.cmd(cmd).await {
             Err(Error::Redis(e)) if is_wrong_type(&e) => {
                 // A hash strategy's key holds another type: nothing of ours is there, but
                 // remove it so nothing stale can be read either.
-                self.cmd(redis::cmd("DEL").arg(loc.key).clone()).await?;
+                self.cmd(key_cmd("DEL", loc.key, None)).await?;
                 Ok(())
             }
             other => other.map(|_| ()),
@@ -956,8 +1047,8 @@ impl RedisBackend {
             // unlike a `redis::Pipeline`, they may span cluster slots.
             let replies = futures_util::future::join_all(locs.iter().map(|loc| {
                 let cmd = match loc.shape {
-                    Shape::Hash => redis::cmd("HGET").arg(loc.key).arg(loc.field).clone(),
-                    _ => redis::cmd("GET").arg(loc.key).clone(),
+                    Shape::Hash => key_cmd("HGET", loc.key, Some(loc.field)),
+                    _ => key_cmd("GET", loc.key, None),
                 };
                 self.cmd(cmd)
             }))
