@@ -57,6 +57,12 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+// `Cache` is shared across tasks and threads: keep it so.
+const _: fn() = || {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<Cache>();
+};
+
 struct Inner {
     backend: Backend,
     prefix: Vec<u8>,
@@ -77,6 +83,18 @@ impl fmt::Debug for Cache {
 }
 
 /// Where an entry lives in Redis; see [`Cache::entry_key`].
+///
+/// # Examples
+///
+/// ```
+/// # use cacheobj::{Cache, CacheKey, Hash, Strategy};
+/// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+/// const ITEMS: Strategy<String, ItemKey, Hash> = Strategy::hash("item", "<item_id>");
+/// let entry = Cache::in_memory().entry_key(&ITEMS, &ItemKey { item_id: 3 })?;
+/// assert_eq!(entry.key, b"item");
+/// assert_eq!(entry.field.as_deref(), Some(&b"3"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct EntryKey {

@@ -6,6 +6,20 @@ use std::error::Error as StdError;
 ///
 /// `fetch` never returns this type: it fails open and runs the loader instead. Mutations
 /// (`invalidate`, `incr`, ...) return it, so a caller knows when an invalidation did not happen.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use cacheobj::{Cache, CacheConfig};
+/// let config = CacheConfig::builder().host("127.0.0.1").port(1).build(); // nothing listens
+/// let cache = Cache::connect(config).await?;
+/// let err = cache.ping().await.unwrap_err();
+/// assert!(err.is_unavailable(), "{err}");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -62,6 +76,18 @@ pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
 }
 
 /// An invalid configuration.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use cacheobj::{Cache, CacheConfig, ConfigError, Error};
+/// let err = Cache::connect(CacheConfig::builder().port(0).build()).await.unwrap_err();
+/// assert!(matches!(err, Error::Config(ConfigError::ZeroPort)));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -113,6 +139,20 @@ pub enum ConfigError {
 }
 
 /// A key that could not be rendered from its template.
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{Cache, CacheConfig, CacheKey, KeyError, Strategy};
+/// #[derive(serde::Serialize, CacheKey)]
+/// struct SearchKey { query: String }
+/// const SEARCH: Strategy<Vec<u64>, SearchKey> = Strategy::<Vec<u64>, SearchKey>::obj("search:<query>");
+///
+/// let cache = Cache::in_memory_with(CacheConfig::builder().max_key_len(64).build())?;
+/// let long = SearchKey { query: "x".repeat(100) };
+/// assert!(matches!(cache.entry_key(&SEARCH, &long), Err(KeyError::TooLong { len: 107, max: 64 })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -149,7 +189,16 @@ impl serde::ser::Error for KeyError {
     }
 }
 
-/// A value that could not be encoded or decoded.
+/// A value that could not be encoded or decoded. Decoding errors never reach callers: a value
+/// that does not decode is a miss.
+///
+/// # Examples
+///
+/// ```
+/// let err: cacheobj::CodecError = serde::ser::Error::custom("unsupported value");
+/// assert_eq!(err.to_string(), "unsupported value");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {

@@ -20,6 +20,19 @@ mod sealed {
 
 /// The kind of a [`Strategy`](crate::Strategy): [`Obj`], [`Counter`], [`List`], [`Set`] or
 /// [`Hash`]. Sealed: the kinds are this crate's.
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{CacheKey, Counter, Kind, Strategy};
+/// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+/// fn kind_name<V, K, Kd: Kind>(_: &Strategy<V, K, Kd>) -> &'static str {
+///     std::any::type_name::<Kd>()
+/// }
+/// const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+/// assert!(kind_name(&VIEWS).ends_with("Counter"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Kind: sealed::Sealed + Copy + Send + Sync + 'static {
     /// How the kind is laid out in Redis.
     #[doc(hidden)]
@@ -29,6 +42,14 @@ pub trait Kind: sealed::Sealed + Copy + Send + Sync + 'static {
 macro_rules! kinds {
     ($($(#[$doc:meta])* $name:ident => $shape:ident;)*) => {$(
         $(#[$doc])*
+        ///
+        /// # Examples
+        ///
+        /// ```
+        #[doc = concat!("let kind = cacheobj::", stringify!($name), ";")]
+        #[doc = concat!("assert_eq!(format!(\"{kind:?}\"), \"", stringify!($name), "\");")]
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
         pub struct $name;
         impl sealed::Sealed for $name {}
@@ -56,6 +77,15 @@ kinds! {
 
 /// The kinds [`Cache::fetch_many`](crate::Cache::fetch_many) reads in one round trip:
 /// [`Obj`], [`Counter`] and [`Hash`].
+///
+/// # Examples
+///
+/// ```
+/// fn batchable<Kd: cacheobj::Batch>() {}
+/// batchable::<cacheobj::Obj>();
+/// batchable::<cacheobj::Hash>();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Batch: Kind {}
 
 impl Batch for Obj {}

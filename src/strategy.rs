@@ -25,6 +25,13 @@ const fn clamp_ms(ms: u64) -> u64 {
 }
 
 /// How long a fill lease lasts unless a strategy sets [`Strategy::lease`]: 3 seconds.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(cacheobj::DEFAULT_LEASE, std::time::Duration::from_secs(3));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 /// Ties a strategy to its types without owning any (so it is `Send`, `Sync` and `Copy`).
