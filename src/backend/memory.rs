@@ -391,6 +391,10 @@ impl MemoryBackend {
     }
 
     pub(crate) fn push(&self, loc: Loc<'_>, elems: &[Vec<u8>]) -> Result<Option<u64>, Error> {
+        if elems.is_empty() {
+            // Nothing changes, so nothing in flight is cancelled (as on Redis).
+            return self.len(loc);
+        }
         let mut shard = self.shard(loc.key);
         let Some(entry) = shard.live(loc.key) else {
             return Ok(None);
@@ -418,6 +422,9 @@ impl MemoryBackend {
     }
 
     pub(crate) fn remove(&self, loc: Loc<'_>, elems: &[Vec<u8>]) -> Result<Option<u64>, Error> {
+        if elems.is_empty() {
+            return self.len(loc);
+        }
         let mut shard = self.shard(loc.key);
         let Some(entry) = shard.live(loc.key) else {
             return Ok(None);
