@@ -269,10 +269,9 @@ impl Cache {
         }
         let info = config.connection_info()?;
         let client = match ca_cert {
-            None => redis::Client::open(info),
-            Some(pem) => tls_client(info, pem),
-        }
-        .map_err(|e| Error::Config(ConfigError::Url(e)))?;
+            None => redis::Client::open(info).map_err(ConfigError::Url)?,
+            Some(pem) => tls_client(info, pem).map_err(|e| config.bad_ca_cert(e))?,
+        };
         Cache::from_client(client, config).await
     }
 
@@ -291,12 +290,17 @@ impl Cache {
         if let Some(password) = &config.password {
             builder = builder.password(password);
         }
+        let has_ca = ca_cert.is_some();
         if let Some(pem) = ca_cert {
             builder = cluster_certs(builder, pem)?;
         }
-        let client = builder
-            .build()
-            .map_err(|e| Error::Config(ConfigError::Url(e)))?;
+        let client = builder.build().map_err(|e| {
+            if has_ca {
+                config.bad_ca_cert(e)
+            } else {
+                ConfigError::Url(e)
+            }
+        })?;
         let conn = RedisConn::Cluster(Arc::new(LazyCluster::new(client)));
         let cache = Cache::with_redis(conn, None, &config);
         let warm = cache.clone();

@@ -84,6 +84,8 @@ impl Default for CacheConfig {
     }
 }
 
+const CERT_HEADER: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
 fn env_var(name: &'static str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -185,12 +187,31 @@ impl CacheConfig {
     pub(crate) fn read_ca_cert(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         match &self.ca_cert {
             None => Ok(None),
-            Some(path) => std::fs::read(path)
-                .map(Some)
-                .map_err(|source| ConfigError::CaCert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| ConfigError::CaCert {
                     path: path.clone(),
                     source,
-                }),
+                })?;
+                // An empty or foreign file would leave TLS with nothing to trust: every request
+                // would fail. Say so now.
+                if !pem.windows(CERT_HEADER.len()).any(|w| w == CERT_HEADER) {
+                    return Err(self.bad_ca_cert(
+                        "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+                    ));
+                }
+                Ok(Some(pem))
+            }
+        }
+    }
+
+    /// A [`ConfigError::CaCert`] for a CA file whose content is unusable.
+    pub(crate) fn bad_ca_cert(
+        &self,
+        why: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ConfigError {
+        ConfigError::CaCert {
+            path: self.ca_cert.clone().unwrap_or_default(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, why),
         }
     }
 

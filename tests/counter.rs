@@ -233,7 +233,7 @@ const SHORT_STAT: Strategy<i64, ItemKey, Counter> =
 
 #[tokio::test]
 async fn incr_or_create_creates_with_a_ttl_then_increments() {
-    // Both backends at once, so the sleep is paid once.
+    // All backends at once, so the sleep is paid once.
     let mut tasks = Vec::new();
     for (name, cache) in backends("counter_incr_or_create").await {
         tasks.push(tokio::spawn(async move {

@@ -358,3 +358,50 @@ async fn long_lists_roundtrip() {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{name}");
     }
 }
+
+/// An empty push or remove changes nothing, so it must not cancel a load in flight; both
+/// backends must agree (Redis keeps the fill lease; it is what `list_len` does too).
+#[tokio::test]
+async fn an_empty_push_or_remove_during_a_load_does_not_cancel_its_fill() {
+    let mut tasks = Vec::new();
+    for (name, cache) in backends("list_empty_op_during_load").await {
+        tasks.push(tokio::spawn(async move {
+            let key = ItemKey { item_id: 10 };
+            let loader_cache = cache.clone();
+            let load = tokio::spawn(async move {
+                loader_cache
+                    .fetch(&ITEM_MEMBERS, &key, || async {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        Ok::<_, std::io::Error>(vec![1u64])
+                    })
+                    .await
+                    .unwrap()
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(
+                cache.list_push(&ITEM_MEMBERS, &key, &[]).await.unwrap(),
+                None,
+                "{name}"
+            );
+            assert_eq!(
+                cache.list_remove(&ITEM_MEMBERS, &key, &[]).await.unwrap(),
+                None,
+                "{name}"
+            );
+            assert_eq!(load.await.unwrap(), [1], "{name}");
+            let stats = cache.stats();
+            assert!(
+                cache.exists(&ITEM_MEMBERS, &key).await.unwrap(),
+                "{name}: the fill was cancelled by an empty push/remove ({stats:?})"
+            );
+            assert_eq!(stats.stale_fills_rejected, 0, "{name}: {stats:?}");
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

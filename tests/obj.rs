@@ -1,4 +1,4 @@
-//! Obj strategies: one value under one key, on both backends.
+//! Obj strategies: one value under one key, on every backend.
 
 mod support;
 

@@ -5,9 +5,17 @@
 //!   silently: without the variable they panic.
 //! * [`RedisServer`]: a private `redis-server` per test, for tests that need to
 //!   stop, restart, pause or resume the server.
+//! * [`cluster_nodes`] / [`raw_cluster_conn`] / [`cluster_cache`]: the shared
+//!   3-master Redis Cluster that `scripts/test.sh` starts
+//!   (`CACHEOBJ_TEST_CLUSTER_NODES`).
+//! * [`tls_url`] / [`ca_cert`]: the shared TLS redis-server and its CA
+//!   (`CACHEOBJ_TEST_TLS_URL`, `CACHEOBJ_TEST_CA_CERT`).
+//! * [`backends`]: the behaviour suite's three backends, "redis", "cluster" and
+//!   "memory"; [`raw_conn_for`] a raw connection matching one of them.
 //!
 //! Only std + tokio + redis are used; signals go through the `kill` command.
 #![allow(dead_code)]
+pub mod cluster;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +30,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const REDIS_URL_ENV: &str = "CACHEOBJ_TEST_REDIS_URL";
 /// Environment variable holding the path of the `redis-server` binary.
 pub const REDIS_SERVER_ENV: &str = "CACHEOBJ_REDIS_SERVER";
+/// Environment variable holding the shared test cluster's node URLs, comma-separated.
+pub const CLUSTER_NODES_ENV: &str = "CACHEOBJ_TEST_CLUSTER_NODES";
+/// Environment variable holding the `rediss://` URL of the shared TLS test server.
+pub const TLS_URL_ENV: &str = "CACHEOBJ_TEST_TLS_URL";
+/// Environment variable holding the path of the CA certificate (PEM) that signed the TLS
+/// test server's certificate.
+pub const CA_CERT_ENV: &str = "CACHEOBJ_TEST_CA_CERT";
 
 /// How long a freshly started `redis-server` may take to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +54,60 @@ pub fn redis_url() -> String {
         _ => panic!(
             "CACHEOBJ_TEST_REDIS_URL is not set: run the suite with `bash scripts/test.sh`, \
              which starts a throwaway redis-server"
+        ),
+    }
+}
+
+/// The node URLs of the shared 3-master Redis Cluster started by `scripts/test.sh`.
+///
+/// Panics if `CACHEOBJ_TEST_CLUSTER_NODES` is not set: tests never skip silently.
+pub fn cluster_nodes() -> Vec<String> {
+    let nodes: Vec<String> = std::env::var(CLUSTER_NODES_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    if nodes.is_empty() {
+        panic!(
+            "{CLUSTER_NODES_ENV} is not set: run the suite with `bash scripts/test.sh`, \
+             which starts a throwaway 3-master Redis Cluster"
+        );
+    }
+    nodes
+}
+
+/// The `rediss://` URL of the shared TLS redis-server started by `scripts/test.sh`.
+///
+/// Panics if `CACHEOBJ_TEST_TLS_URL` is not set: tests never skip silently.
+pub fn tls_url() -> String {
+    match std::env::var(TLS_URL_ENV) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "{TLS_URL_ENV} is not set: run the suite with `bash scripts/test.sh`, \
+             which starts a throwaway TLS redis-server"
+        ),
+    }
+}
+
+/// The CA certificate (PEM) that signed the TLS test server's certificate.
+///
+/// Panics if `CACHEOBJ_TEST_CA_CERT` is not set or the file does not exist.
+pub fn ca_cert() -> PathBuf {
+    match std::env::var_os(CA_CERT_ENV) {
+        Some(p) if !p.is_empty() => {
+            let path = PathBuf::from(p);
+            assert!(
+                path.is_file(),
+                "{CA_CERT_ENV}={} is not a file: run the suite with `bash scripts/test.sh`",
+                path.display()
+            );
+            path
+        }
+        _ => panic!(
+            "{CA_CERT_ENV} is not set: run the suite with `bash scripts/test.sh`, \
+             which generates the TLS test certificates"
         ),
     }
 }
@@ -73,6 +142,69 @@ pub async fn raw_conn_to(url: &str) -> redis::aio::MultiplexedConnection {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => panic!("cannot connect to Redis at {url}: {e}"),
         Err(_) => panic!("timed out after 10 s connecting to Redis at {url}"),
+    }
+}
+
+/// A cluster connection to the shared test cluster ([`cluster_nodes`]); commands are routed
+/// by key slot, like the library's own.
+pub async fn raw_cluster_conn() -> redis::cluster_async::ClusterConnection {
+    let nodes = cluster_nodes();
+    let client = redis::cluster::ClusterClient::new(nodes.clone())
+        .unwrap_or_else(|e| panic!("invalid cluster node URLs {nodes:?}: {e}"));
+    match tokio::time::timeout(Duration::from_secs(10), client.get_async_connection()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!("cannot connect to the Redis Cluster at {nodes:?}: {e}"),
+        Err(_) => panic!("timed out after 10 s connecting to the Redis Cluster at {nodes:?}"),
+    }
+}
+
+/// A raw connection to one of the shared test servers.
+pub enum RawConn {
+    /// To the standalone server ([`raw_conn`]).
+    Standalone(redis::aio::MultiplexedConnection),
+    /// To the cluster ([`raw_cluster_conn`]).
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RawConn::Standalone(c) => c.req_packed_command(cmd),
+            RawConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RawConn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            RawConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RawConn::Standalone(c) => c.get_db(),
+            RawConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A raw connection to the server behind a [`backends`] label: the standalone server for
+/// `"redis"`, the cluster for `"cluster"`, none for `"memory"`.
+pub async fn raw_conn_for(label: &str) -> Option<RawConn> {
+    match label {
+        "redis" => Some(RawConn::Standalone(raw_conn().await)),
+        "cluster" => Some(RawConn::Cluster(raw_cluster_conn().await)),
+        "memory" => None,
+        other => panic!("unknown backend label {other:?}"),
     }
 }
 
@@ -345,6 +477,25 @@ pub async fn redis_cache(test: &str) -> (cacheobj::Cache, String) {
     (cache, prefix)
 }
 
+/// A [`cacheobj::Cache`] on the shared test cluster ([`cluster_nodes`]) with a fresh
+/// [`unique_prefix`], and that prefix.
+pub async fn cluster_cache(test: &str) -> (cacheobj::Cache, String) {
+    let nodes = cluster_nodes();
+    let prefix = unique_prefix(test);
+    let config = cacheobj::CacheConfig::builder()
+        .nodes(nodes.clone())
+        .prefix(prefix.clone())
+        .response_timeout(Duration::from_secs(2))
+        .build();
+    let cache = cacheobj::Cache::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("Cache::connect to the cluster {nodes:?} failed: {e:?}"));
+    if let Err(e) = cache.ping().await {
+        panic!("the test Redis Cluster at {nodes:?} does not answer: {e:?}");
+    }
+    (cache, prefix)
+}
+
 /// An in-memory [`cacheobj::Cache`] with a fresh [`unique_prefix`], and that prefix.
 pub fn memory_cache(test: &str) -> (cacheobj::Cache, String) {
     let prefix = unique_prefix(test);
@@ -356,12 +507,15 @@ pub fn memory_cache(test: &str) -> (cacheobj::Cache, String) {
     (cache, prefix)
 }
 
-/// Both backends, labelled `"redis"` and `"memory"`, each with its own fresh prefix: run the
-/// same assertions against each (put the label in assertion messages).
+/// Every backend, labelled `"redis"` (the standalone server), `"cluster"` (the 3-master
+/// cluster) and `"memory"`, each with its own fresh prefix: run the same assertions against
+/// each (put the label in assertion messages). Panics unless `scripts/test.sh` started the
+/// servers.
 pub async fn backends(test: &str) -> Vec<(&'static str, cacheobj::Cache)> {
     let (redis, _) = redis_cache(test).await;
+    let (cluster, _) = cluster_cache(test).await;
     let (memory, _) = memory_cache(test);
-    vec![("redis", redis), ("memory", memory)]
+    vec![("redis", redis), ("cluster", cluster), ("memory", memory)]
 }
 
 /// The raw Redis key (prefix included) of an entry, as a `Vec<u8>` for raw commands.
@@ -376,8 +530,8 @@ pub fn entry_redis_key<V, K: cacheobj::CacheKey, Kd: cacheobj::Kind>(
         .key
 }
 
-/// `PTTL` of a raw key on the shared test Redis: -2 missing, -1 no TTL, else milliseconds.
-pub async fn raw_pttl(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> i64 {
+/// `PTTL` of a raw key on a test Redis: -2 missing, -1 no TTL, else milliseconds.
+pub async fn raw_pttl(conn: &mut impl redis::aio::ConnectionLike, key: &[u8]) -> i64 {
     redis::cmd("PTTL")
         .arg(key)
         .query_async(conn)
@@ -385,8 +539,8 @@ pub async fn raw_pttl(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) 
         .unwrap_or_else(|e| panic!("PTTL failed: {e}"))
 }
 
-/// `TYPE` of a raw key on the shared test Redis (`"none"` when missing).
-pub async fn raw_type(conn: &mut redis::aio::MultiplexedConnection, key: &[u8]) -> String {
+/// `TYPE` of a raw key on a test Redis (`"none"` when missing).
+pub async fn raw_type(conn: &mut impl redis::aio::ConnectionLike, key: &[u8]) -> String {
     let v: redis::Value = redis::cmd("TYPE")
         .arg(key)
         .query_async(conn)
