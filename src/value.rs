@@ -112,29 +112,24 @@ fn bytes(payload: &Payload) -> Result<&[u8], CodecError> {
     }
 }
 
-impl<V: Serialize + DeserializeOwned> CacheValue<Obj> for V {
-    fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
-        codec.encode(self).map(Payload::Bytes)
-    }
-    fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
-        codec.decode(bytes(payload)?)
-    }
-    fn is_negative(&self) -> bool {
-        is_none(self)
-    }
+/// Obj and hash values: the strategy's codec.
+macro_rules! codec_value {
+    ($($kind:ty),*) => {$(
+        impl<V: Serialize + DeserializeOwned> CacheValue<$kind> for V {
+            fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
+                codec.encode(self).map(Payload::Bytes)
+            }
+            fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
+                codec.decode(bytes(payload)?)
+            }
+            fn is_negative(&self) -> bool {
+                is_none(self)
+            }
+        }
+    )*};
 }
 
-impl<V: Serialize + DeserializeOwned> CacheValue<Hash> for V {
-    fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
-        codec.encode(self).map(Payload::Bytes)
-    }
-    fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
-        codec.decode(bytes(payload)?)
-    }
-    fn is_negative(&self) -> bool {
-        is_none(self)
-    }
-}
+codec_value!(Obj, Hash);
 
 impl<V: Serialize + DeserializeOwned> CacheValue<Counter> for V {
     fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
@@ -148,47 +143,34 @@ impl<V: Serialize + DeserializeOwned> CacheValue<Counter> for V {
     }
 }
 
-fn encode_elems<C: Collection>(c: &C, codec: Codec) -> Result<Payload, CodecError> {
-    c.elems()
-        .map(|e| encode_text(codec, e))
-        .collect::<Result<_, _>>()
-        .map(Payload::Elems)
+/// List and set values: one plain-text (or codec) element each.
+macro_rules! collection_value {
+    ($($kind:ty),*) => {$(
+        impl<C: Collection> CacheValue<$kind> for C {
+            fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
+                self.elems()
+                    .map(|e| encode_text(codec, e))
+                    .collect::<Result<_, _>>()
+                    .map(Payload::Elems)
+            }
+            fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
+                match payload {
+                    Payload::Elems(elems) => elems
+                        .iter()
+                        .map(|e| decode_text(codec, e))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(C::from_elems),
+                    Payload::Bytes(_) => Err(CodecError::Text("list or set")),
+                }
+            }
+            fn is_negative(&self) -> bool {
+                self.elems().next().is_none()
+            }
+        }
+    )*};
 }
 
-fn decode_elems<C: Collection>(payload: &Payload, codec: Codec) -> Result<C, CodecError> {
-    match payload {
-        Payload::Elems(elems) => elems
-            .iter()
-            .map(|e| decode_text(codec, e))
-            .collect::<Result<Vec<_>, _>>()
-            .map(C::from_elems),
-        Payload::Bytes(_) => Err(CodecError::Text("list or set")),
-    }
-}
-
-impl<C: Collection> CacheValue<List> for C {
-    fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
-        encode_elems(self, codec)
-    }
-    fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
-        decode_elems(payload, codec)
-    }
-    fn is_negative(&self) -> bool {
-        self.elems().next().is_none()
-    }
-}
-
-impl<C: Collection> CacheValue<Set> for C {
-    fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
-        encode_elems(self, codec)
-    }
-    fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError> {
-        decode_elems(payload, codec)
-    }
-    fn is_negative(&self) -> bool {
-        self.elems().next().is_none()
-    }
-}
+collection_value!(List, Set);
 
 /// Whether `value` serializes as `None`: stops at the first serializer call.
 fn is_none<V: Serialize + ?Sized>(value: &V) -> bool {
