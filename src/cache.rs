@@ -849,11 +849,14 @@ impl Cache {
                         }
                     }))
                     .await;
-                for result in results {
+                for ((i, token, _), result) in fills.into_iter().zip(results) {
                     match result {
                         Ok(true) => {}
                         Ok(false) => bump(&inner.counters.stale_fills_rejected),
-                        Err(e) => inner.fault(&e),
+                        Err(e) => {
+                            inner.fault(&e);
+                            self.release_in_background(&rendered[i], token, strategy.lease_time());
+                        }
                     }
                 }
             }
@@ -1083,7 +1086,15 @@ impl Cache {
                                     bump(&inner.counters.stale_fills_rejected);
                                     tracing::debug!(key = %String::from_utf8_lossy(loc.key), "cacheobj: fill rejected: the key was invalidated or its lease expired during the load");
                                 }
-                                Err(e) => inner.fault(&e),
+                                Err(e) => {
+                                    // The fill may not have run: don't leave the lease behind.
+                                    inner.fault(&e);
+                                    self.release_in_background(
+                                        rendered,
+                                        token.clone(),
+                                        strategy.lease_time(),
+                                    );
+                                }
                             }
                         }
                         guard.finish(FlightState::Done(Arc::new(payload)));

@@ -51,10 +51,88 @@ impl Codec {
     pub(crate) fn decode<V: DeserializeOwned>(self, bytes: &[u8]) -> Result<V, CodecError> {
         match self {
             Codec::MessagePack => {
-                rmp_serde::from_slice(bytes).map_err(CodecError::MessagePackDecode)
+                check_msgpack_lengths(bytes)?;
+                V::deserialize(&mut msgpack_reader(bytes)).map_err(CodecError::MessagePackDecode)
             }
             Codec::Postcard => postcard::from_bytes(bytes).map_err(CodecError::Postcard),
         }
+    }
+}
+
+/// How deeply nested a MessagePack value may be. rmp-serde's own limit (1024) overflows a
+/// 2 MiB thread stack in unoptimized builds on hostile input; cached values are never this deep.
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+fn msgpack_reader(
+    bytes: &[u8],
+) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    de
+}
+
+/// Checks, without recursion, that every length a MessagePack value declares fits in the bytes
+/// that follow it, so decoding never preallocates more than the reply could hold (serde sizes
+/// collections from declared lengths).
+fn check_msgpack_lengths(bytes: &[u8]) -> Result<(), CodecError> {
+    let bad = || CodecError::Text("MessagePack value (a declared length exceeds the data)");
+    let mut at = 0usize;
+    let mut pending: u64 = 1; // values still to read
+    let be = |at: usize, n: usize| -> Result<u64, CodecError> {
+        let b = bytes.get(at..at + n).ok_or_else(bad)?;
+        Ok(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    };
+    while pending > 0 {
+        let marker = *bytes.get(at).ok_or_else(bad)?;
+        at += 1;
+        pending -= 1;
+        // (bytes to skip, values it contains)
+        let (skip, children): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (be(at, 1)?, 0).then_skip(&mut at, 1),
+            0xc5 | 0xda => (be(at, 2)?, 0).then_skip(&mut at, 2),
+            0xc6 | 0xdb => (be(at, 4)?, 0).then_skip(&mut at, 4),
+            0xc7 => (be(at, 1)? + 1, 0).then_skip(&mut at, 1),
+            0xc8 => (be(at, 2)? + 1, 0).then_skip(&mut at, 2),
+            0xc9 => (be(at, 4)? + 1, 0).then_skip(&mut at, 4),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, be(at, 2)?).then_skip(&mut at, 2),
+            0xdd => (0, be(at, 4)?).then_skip(&mut at, 4),
+            0xde => (0, 2 * be(at, 2)?).then_skip(&mut at, 2),
+            0xdf => (0, 2 * be(at, 4)?).then_skip(&mut at, 4),
+            0xc1 => return Err(bad()),
+        };
+        let remaining = (bytes.len() - at) as u64;
+        // Every value takes at least one byte.
+        if skip > remaining || pending + children > remaining - skip {
+            return Err(bad());
+        }
+        at += skip as usize;
+        pending += children;
+    }
+    Ok(())
+}
+
+/// Advances past a length field after reading it.
+trait ThenSkip {
+    fn then_skip(self, at: &mut usize, n: usize) -> Self;
+}
+
+impl ThenSkip for (u64, u64) {
+    fn then_skip(self, at: &mut usize, n: usize) -> Self {
+        *at += n;
+        self
     }
 }
 
@@ -253,7 +331,8 @@ macro_rules! codec_methods {
         fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, CodecError> {
             match self.codec {
                 Codec::MessagePack => {
-                    let mut de = rmp_serde::Deserializer::from_read_ref(self.bytes);
+                    check_msgpack_lengths(self.bytes)?;
+                    let mut de = msgpack_reader(self.bytes);
                     de::Deserializer::$method(&mut de, $($arg,)* visitor)
                         .map_err(CodecError::MessagePackDecode)
                 }
@@ -356,6 +435,26 @@ mod tests {
             let bytes = encode_text(codec, &m).unwrap();
             assert_eq!(bytes, codec.encode(&m).unwrap());
             assert_eq!(decode_text::<Member>(codec, &bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn declared_lengths_must_fit_the_data() {
+        let item = Member {
+            id: 3,
+            role: "admin".into(),
+        };
+        let ok = Codec::MessagePack.encode(&item).unwrap();
+        assert!(check_msgpack_lengths(&ok).is_ok());
+        assert!(check_msgpack_lengths(&ok[..ok.len() - 1]).is_err());
+        for bad in [
+            &[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02][..],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+            &[0xdf, 0x00, 0x00, 0x00, 0x02, 0x01],
+            &[0xc1],
+            &[],
+        ] {
+            assert!(check_msgpack_lengths(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -50,6 +50,12 @@ impl LazyCluster {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Drops the cached connection, so the next request makes a fresh one: an existing cluster
+    /// connection can stay wedged after a master fails over under load.
+    fn reset(&self) {
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     async fn get(&self) -> RedisResult<redis::cluster_async::ClusterConnection> {
         if let Some(conn) = self.current() {
             return Ok(conn);
@@ -633,6 +639,20 @@ impl RedisBackend {
         }
     }
 
+    /// After a timeout or connection failure on a cluster, starts over with a fresh cluster
+    /// connection, at most once per retry interval.
+    fn maybe_reset_cluster(&self) {
+        #[cfg(feature = "cluster")]
+        if let RedisConn::Cluster(lazy) = &*self.conn.read().unwrap_or_else(|e| e.into_inner()) {
+            let now = now_ms();
+            let last = self.last_rebuild_ms.load(Ordering::Relaxed);
+            if last == 0 || now >= last.saturating_add(self.breaker.retry_ms) {
+                self.last_rebuild_ms.store(now.max(1), Ordering::Relaxed);
+                lazy.reset();
+            }
+        }
+    }
+
     fn classify(&self, e: redis::RedisError) -> Error {
         self.maybe_rebuild(&e);
         if e.is_timeout() {
@@ -670,12 +690,14 @@ impl RedisBackend {
                 let error = self.classify(e);
                 if failed || matches!(error, Error::Timeout(_)) {
                     self.breaker.trip(&error);
+                    self.maybe_reset_cluster();
                 }
                 Err(error)
             }
             Err(_) => {
                 let error = Error::Timeout(timeout);
                 self.breaker.trip(&error);
+                self.maybe_reset_cluster();
                 Err(error)
             }
         }
