@@ -470,7 +470,7 @@ async fn caching_resumes_once_the_password_is_fixed() {
     eprintln!("caching resumed {took:?} after the password was fixed");
 }
 
-/// BUG (minor, documented contract): a request Redis does not answer within the response
+/// Regression (minor, documented contract): a request Redis does not answer within the response
 /// timeout mostly comes back as `Error::Redis(timed out)`, not `Error::Timeout`, although
 /// `Cache::ping` and `Error::Timeout` document `Error::Timeout` for exactly this. The cache
 /// gives the `ConnectionManager` the same response timeout as its own `tokio::time::timeout`;

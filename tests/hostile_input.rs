@@ -607,7 +607,7 @@ fn huge_length_headers_are_misses_without_huge_allocations() {
     eprintln!("largest allocation per fetch:\n  {}", report.join("\n  "));
 }
 
-/// BUG (minor): collections are where serde preallocates from a declared length. serde caps
+/// Regression (fixed by a declared-length check): collections are where serde preallocates from a declared length. serde caps
 /// the preallocation at 1 MiB ("cautious" size hints), and rmp-serde hands it the declared
 /// array length unchecked, so a 7-byte `array32` header under a `Vec<u64>` entry costs a 1 MiB
 /// allocation on every fetch of it: a 150 000-fold amplification (bounded, freed at once).
@@ -789,7 +789,7 @@ fn messagepack_recursion_bomb_where_a_number_is_expected() {
     assert_bomb_is_a_miss("msgpack-item");
 }
 
-/// BUG in unoptimized builds: rmp-serde stops at depth 1024, but skipping an unknown field
+/// Regression (fixed by a depth limit of 128) in unoptimized builds: rmp-serde stops at depth 1024, but skipping an unknown field
 /// nested 1024 deep needs more than a thread's default 2 MiB stack in a debug build (about
 /// 2-4 KiB per level; a release build needs ~100 KiB in all). Any obj or hash strategy of a
 /// struct type is affected: `{"x": [[[[...]]]]}` aborts a debug-built service.
@@ -798,7 +798,7 @@ fn messagepack_recursion_bomb_in_an_unknown_field() {
     assert_bomb_is_a_miss("msgpack-unknown-field");
 }
 
-/// BUG in unoptimized builds, as above: 1024 levels of a recursive type overflow a 2 MiB
+/// Regression in unoptimized builds, as above: 1024 levels of a recursive type overflow a 2 MiB
 /// stack in a debug build (fine in release).
 #[test]
 fn messagepack_recursion_bomb_under_a_recursive_type() {
