@@ -129,3 +129,11 @@ pub async fn check<V, Kd>(
         }
     }
 }
+
+/// What cacheobj's MessagePack decoding accepts: rmp-serde, with nesting limited to 128 levels
+/// (the library's limit; rmp-serde's own is 1024).
+pub fn rmp<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(data);
+    de.set_max_depth(128);
+    T::deserialize(&mut de).ok()
+}

@@ -68,7 +68,7 @@ fuzz_target!(|elems: Vec<Vec<u8>>| {
         list!(
             "Member",
             MEMBERS,
-            all(&elems, |e| rmp_serde::from_slice(e).ok()),
+            all(&elems, |e| common::rmp(e)),
             vec![Member {
                 id: 1,
                 role: "r".into()
@@ -77,7 +77,7 @@ fuzz_target!(|elems: Vec<Vec<u8>>| {
         list!(
             "Option<u32>",
             OPTIONS,
-            all(&elems, |e| rmp_serde::from_slice(e).ok()),
+            all(&elems, |e| common::rmp(e)),
             vec![Some(3)]
         );
 

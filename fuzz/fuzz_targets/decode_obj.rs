@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
         check(
             "Item msgpack",
             &ITEM,
-            rmp_serde::from_slice(data).ok(),
+            common::rmp(data),
             item.clone(),
             same,
         )
@@ -111,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
         check(
             "Doc msgpack",
             &DOC,
-            rmp_serde::from_slice(data).ok(),
+            common::rmp(data),
             doc(),
             same,
         )
@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
         check(
             "Option<String> msgpack",
             &NAME,
-            rmp_serde::from_slice(data).ok(),
+            common::rmp(data),
             Some("n".into()),
             same,
         )
@@ -142,7 +142,7 @@ fuzz_target!(|data: &[u8]| {
         check(
             "Tree msgpack",
             &TREE,
-            rmp_serde::from_slice(data).ok(),
+            common::rmp(data),
             leaf,
             same,
         )
