@@ -12,16 +12,18 @@
 //! order of the contenders rotates from round to round, and the figures printed are medians
 //! across rounds. The tokio runtime has 2 worker threads; the server shares the machine.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::RedisServer;
 
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use cacheobj::{Cache, CacheConfig};
@@ -151,123 +153,6 @@ async fn refill(env: &Env) {
             .async_cache_set(id, item(id))
             .await
             .expect("cached: cache_set");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A throwaway redis-server (self-contained, so the bench does not follow the test helpers)
-// ---------------------------------------------------------------------------------------------
-
-/// Path of the `redis-server` binary, as the test suite reads it.
-const REDIS_SERVER_ENV: &str = "CACHEOBJ_REDIS_SERVER";
-
-fn redis_server_binary() -> PathBuf {
-    match std::env::var_os(REDIS_SERVER_ENV) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("redis-server"),
-    }
-}
-
-/// A private `redis-server` on a free loopback port, no persistence, its own temp dir; killed
-/// and its dir removed on drop.
-struct RedisServer {
-    port: u16,
-    child: Child,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let bin = redis_server_binary();
-        let mut last_err = String::new();
-        for attempt in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .expect("pick a free port")
-                .port();
-            let dir = std::env::temp_dir().join(format!(
-                "cacheobj-bench-redis-{}-{attempt}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).expect("create the server's temp dir");
-            let child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run {}: {e}. Install redis-server or set {REDIS_SERVER_ENV}",
-                        bin.display()
-                    )
-                });
-            let mut server = RedisServer { port, child, dir };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    last_err = format!("redis-server on port {port} exited early ({status})");
-                    break; // probably lost the port race: drop and try another
-                }
-                if server.answers() {
-                    return server;
-                }
-                if Instant::now() >= deadline {
-                    last_err = format!("redis-server on port {port} did not answer within 10 s");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("could not start a throwaway redis-server: {last_err}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// PING answers +PONG and INFO names our child's pid: the server is up and it is ours.
-    fn answers(&self) -> bool {
-        let probe = || -> std::io::Result<bool> {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-            stream.write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")?;
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            if line != "+PONG\r\n" {
-                return Ok(false);
-            }
-            line.clear();
-            reader.read_line(&mut line)?;
-            let Some(len) = line
-                .strip_prefix('$')
-                .and_then(|l| l.trim_end().parse::<usize>().ok())
-            else {
-                return Ok(false);
-            };
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body)?;
-            let expected = format!("process_id:{}", self.child.id());
-            Ok(String::from_utf8_lossy(&body)
-                .lines()
-                .any(|l| l.trim_end() == expected))
-        };
-        probe().unwrap_or(false)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -560,7 +445,7 @@ async fn worker(env: Arc<Env>, op: Op, task: u64, deadline: Instant, run_id: u64
 
 /// `redis-benchmark` beside `$CACHEOBJ_REDIS_SERVER`, else on PATH.
 fn redis_benchmark_binary() -> PathBuf {
-    if let Some(server) = std::env::var_os(REDIS_SERVER_ENV).filter(|s| !s.is_empty()) {
+    if let Some(server) = std::env::var_os("CACHEOBJ_REDIS_SERVER").filter(|s| !s.is_empty()) {
         let beside = std::path::Path::new(&server).with_file_name("redis-benchmark");
         if beside.exists() {
             return beside;
