@@ -1005,6 +1005,9 @@ impl Cache {
         let mut lease = inherited;
         if lease.is_none() && redis_ok {
             let token = Token::new();
+            // Armed before the request: if this fetch is dropped after Redis granted the
+            // lease but before the reply is read, the lease is still released (or inherited).
+            self.arm_release(guard, rendered, token.clone());
             let deadline = Instant::now() + strategy.lease_time();
             let mut backoff = Duration::from_millis(2);
             let mut waiting = false;
@@ -1053,25 +1056,9 @@ impl Cache {
                 }
             }
         }
-        if let Some(token) = &lease {
-            let backend = inner.backend.clone();
-            let (key, field, shape) =
-                (rendered.key.clone(), rendered.field.clone(), rendered.shape);
-            guard.hold_lease(
-                token.clone(),
-                Box::new(move |token| {
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(async move {
-                            let loc = Loc {
-                                key: &key,
-                                field: &field,
-                                shape,
-                            };
-                            let _ = backend.release(loc, &token).await;
-                        });
-                    }
-                }),
-            );
+        match &lease {
+            Some(token) => self.arm_release(guard, rendered, token.clone()),
+            None => guard.drop_lease(),
         }
         bump(&inner.counters.loads);
         match loader().await {
@@ -1113,6 +1100,28 @@ impl Cache {
                 Err(e)
             }
         }
+    }
+
+    /// Tells the flight's guard which lease to hand to a waiter, or release (a compare-and-delete,
+    /// harmless if the lease was never granted), should this fetch be dropped.
+    fn arm_release(&self, guard: &mut LeaderGuard, rendered: &Rendered, token: Token) {
+        let backend = self.inner.backend.clone();
+        let (key, field, shape) = (rendered.key.clone(), rendered.field.clone(), rendered.shape);
+        guard.hold_lease(
+            token,
+            Box::new(move |token| {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let loc = Loc {
+                            key: &key,
+                            field: &field,
+                            shape,
+                        };
+                        let _ = backend.release(loc, &token).await;
+                    });
+                }
+            }),
+        );
     }
 
     /// The lease request failed, but may still run on the server (a timeout, say): follow it

@@ -99,6 +99,12 @@ impl LeaderGuard {
         self.on_orphaned_lease = Some(release);
     }
 
+    /// The leader holds no lease (another holds it, or Redis failed): nothing to hand over.
+    pub(crate) fn drop_lease(&mut self) {
+        self.lease = None;
+        self.on_orphaned_lease = None;
+    }
+
     pub(crate) fn finish(&mut self, state: FlightState) {
         self.finished = true;
         {
