@@ -4,11 +4,16 @@
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
+use crate::depth::{self, Limited, MAX_DEPTH};
 use crate::error::CodecError;
+use postcard::de_flavors::Slice;
 
 /// The binary encoding of obj and hash values, and of list and set elements that are not
 /// integers, floats, booleans or strings. Chosen per strategy with
 /// [`Strategy::codec`](crate::Strategy::codec), never at the call site.
+///
+/// Both decoders refuse values nested more than 128 levels deep (a miss), whatever wrote them:
+/// deeper ones, of recursive value types, could overflow the stack.
 ///
 /// # Examples
 ///
@@ -54,20 +59,33 @@ impl Codec {
                 check_msgpack_lengths(bytes)?;
                 V::deserialize(&mut msgpack_reader(bytes)).map_err(CodecError::MessagePackDecode)
             }
-            Codec::Postcard => postcard::from_bytes(bytes).map_err(CodecError::Postcard),
+            Codec::Postcard => postcard_limited(bytes, |de| V::deserialize(de)),
         }
     }
 }
 
-/// How deeply nested a MessagePack value may be. rmp-serde's own limit (1024) overflows a
-/// 2 MiB thread stack in unoptimized builds on hostile input; cached values are never this deep.
-const MAX_MSGPACK_DEPTH: usize = 128;
+/// Decodes postcard `bytes` with `f`, nesting limited to [`MAX_DEPTH`] levels: postcard has no
+/// limit of its own, and a hostile value of a recursive type would overflow the stack.
+fn postcard_limited<'de, R>(
+    bytes: &'de [u8],
+    f: impl FnOnce(
+        Limited<'_, &mut postcard::Deserializer<'de, Slice<'de>>>,
+    ) -> Result<R, postcard::Error>,
+) -> Result<R, CodecError> {
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    depth::with_limit(&mut de, f).map_err(|e| match e {
+        depth::Error::TooDeep => CodecError::TooDeep,
+        depth::Error::Inner(e) => CodecError::Postcard(e),
+    })
+}
 
+/// rmp-serde's own nesting limit (1024) overflows a 2 MiB thread stack in unoptimized builds on
+/// hostile input, so MessagePack values get the same limit as postcard ones.
 fn msgpack_reader(
     bytes: &[u8],
 ) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    de.set_max_depth(MAX_DEPTH);
     de
 }
 
@@ -336,11 +354,9 @@ macro_rules! codec_methods {
                     de::Deserializer::$method(&mut de, $($arg,)* visitor)
                         .map_err(CodecError::MessagePackDecode)
                 }
-                Codec::Postcard => {
-                    let mut de = postcard::Deserializer::from_bytes(self.bytes);
-                    de::Deserializer::$method(&mut de, $($arg,)* visitor)
-                        .map_err(CodecError::Postcard)
-                }
+                Codec::Postcard => postcard_limited(self.bytes, |de| {
+                    de::Deserializer::$method(de, $($arg,)* visitor)
+                }),
             }
         }
     )*};
@@ -456,6 +472,97 @@ mod tests {
         ] {
             assert!(check_msgpack_lengths(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A recursive type: each `Node` level is an enum and a sequence (two levels of nesting).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Tree {
+        Leaf,
+        Node(Vec<Tree>),
+    }
+
+    /// A linked list: each level is a struct and an option (two levels of nesting).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Link {
+        next: Option<Box<Link>>,
+    }
+
+    /// `nodes` nested one-child `Node`s around a `Leaf`, in postcard, built without building the
+    /// value (dropping a deep one would overflow the stack): variant 1 and length 1 per node.
+    fn tree_bytes(nodes: usize) -> Vec<u8> {
+        let mut bytes = [1u8, 1].repeat(nodes);
+        bytes.push(0);
+        bytes
+    }
+
+    /// `links` nested `Some`s and a `None`, in postcard.
+    fn link_bytes(links: usize) -> Vec<u8> {
+        let mut bytes = vec![1u8; links];
+        bytes.push(0);
+        bytes
+    }
+
+    /// Runs `f` on a thread with a test thread's default stack (2 MiB), whatever
+    /// `RUST_MIN_STACK` says.
+    fn on_2mib_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn assert_too_deep<V: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) {
+        let err = Codec::Postcard.decode::<V>(bytes).unwrap_err();
+        assert!(matches!(err, CodecError::TooDeep), "{err:?}");
+        let err = decode_text::<V>(Codec::Postcard, bytes).unwrap_err();
+        assert!(matches!(err, CodecError::TooDeep), "{err:?}");
+    }
+
+    #[test]
+    fn postcard_recursive_values_below_the_limit_round_trip() {
+        on_2mib_stack(|| {
+            // 63 nodes and the leaf: 127 levels, the deepest Tree under the limit.
+            let mut tree = Tree::Leaf;
+            let mut list = Link { next: None };
+            for _ in 0..63 {
+                tree = Tree::Node(vec![tree]);
+                list = Link {
+                    next: Some(Box::new(list)),
+                };
+            }
+            let bytes = Codec::Postcard.encode(&tree).unwrap();
+            assert_eq!(bytes, tree_bytes(63));
+            assert_eq!(Codec::Postcard.decode::<Tree>(&bytes).unwrap(), tree);
+            assert_eq!(decode_text::<Tree>(Codec::Postcard, &bytes).unwrap(), tree);
+            let bytes = Codec::Postcard.encode(&list).unwrap();
+            assert_eq!(bytes, link_bytes(63));
+            assert_eq!(Codec::Postcard.decode::<Link>(&bytes).unwrap(), list);
+            assert_eq!(decode_text::<Link>(Codec::Postcard, &bytes).unwrap(), list);
+        });
+    }
+
+    #[test]
+    fn postcard_values_just_above_the_limit_are_too_deep() {
+        on_2mib_stack(|| {
+            // 64 nodes and the leaf: 129 levels.
+            assert_too_deep::<Tree>(&tree_bytes(64));
+            // 64 links and the last: 129 levels.
+            assert_too_deep::<Link>(&link_bytes(64));
+        });
+    }
+
+    #[test]
+    fn postcard_recursion_bombs_are_errors_not_stack_overflows() {
+        on_2mib_stack(|| {
+            assert_too_deep::<Tree>(&tree_bytes(100_000));
+            assert_too_deep::<Link>(&link_bytes(100_000));
+        });
+        assert_eq!(
+            CodecError::TooDeep.to_string(),
+            "value nests deeper than 128 levels"
+        );
     }
 
     #[test]

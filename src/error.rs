@@ -211,6 +211,10 @@ pub enum CodecError {
     /// postcard encoding or decoding failed.
     #[error("postcard encoding or decoding failed")]
     Postcard(#[source] postcard::Error),
+    /// A stored value nests deeper than decoding allows (128 levels): a deeper one could
+    /// overflow the stack while it decodes.
+    #[error("value nests deeper than {} levels", crate::depth::MAX_DEPTH)]
+    TooDeep,
     /// A plain-text element or counter could not be parsed.
     #[error("stored text is not a valid {0}")]
     Text(&'static str),

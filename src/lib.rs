@@ -7,6 +7,7 @@ mod backend;
 mod cache;
 mod codec;
 mod config;
+mod depth;
 mod error;
 mod flight;
 mod key;

@@ -123,6 +123,8 @@ struct Tree {
 }
 
 const TREE: Strategy<Tree, ItemKey> = Strategy::<Tree, ItemKey>::obj("tree:<item_id>");
+const TREE_POSTCARD: Strategy<Tree, ItemKey> =
+    Strategy::<Tree, ItemKey>::obj("tree_pc:<item_id>").codec(Codec::Postcard);
 const NAME: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("name:<item_id>");
 const NUMBERS: Strategy<Vec<u64>, ItemKey> =
     Strategy::<Vec<u64>, ItemKey>::obj("numbers:<item_id>");
@@ -135,6 +137,7 @@ const ITEM_LIST: Strategy<Vec<Item>, ItemKey, List> = Strategy::list("item_list:
 // Raw strategies sharing the templates above (counters store strings, like obj strategies).
 const RAW_ITEM: Strategy<Raw, ItemKey, Counter> = Strategy::counter("item:<item_id>");
 const RAW_TREE: Strategy<Raw, ItemKey, Counter> = Strategy::counter("tree:<item_id>");
+const RAW_TREE_POSTCARD: Strategy<Raw, ItemKey, Counter> = Strategy::counter("tree_pc:<item_id>");
 const RAW_NAME: Strategy<Raw, ItemKey, Counter> = Strategy::counter("name:<item_id>");
 const RAW_NUMBERS: Strategy<Raw, ItemKey, Counter> = Strategy::counter("numbers:<item_id>");
 const RAW_NUMBERS_POSTCARD: Strategy<Raw, ItemKey, Counter> =
@@ -724,6 +727,7 @@ fn in_child(case: &str, redis: Option<&RedisServer>) -> (bool, String) {
 
 /// The decoding of one bomb, on a test thread's default (2 MiB) stack: the case
 /// `HOSTILE_BOMB` names when run as a child, else the MessagePack bomb under `Item` in process.
+/// The `*redis` cases fetch through the parent's server.
 #[test]
 fn child_bomb() {
     let case = std::env::var("HOSTILE_BOMB").unwrap_or_else(|_| "msgpack-item".to_string());
@@ -744,16 +748,30 @@ fn child_bomb() {
         "msgpack-tree" => {
             hostile_memory_fetch(&case, &RAW_TREE, &TREE, &bomb(&[], 0x91, &[0x90]), empty);
         }
-        // Both MessagePack bombs under Item through a real Redis.
-        "redis" => {
-            let port = std::env::var("HOSTILE_BOMB_REDIS_PORT").expect("the parent's redis port");
-            let url = format!("redis://127.0.0.1:{port}/");
+        // 100 000 nested one-element `children` under a recursive type stored with postcard
+        // (a postcard struct is its fields in order, a Vec its length and elements).
+        "postcard-tree" => {
+            let bytes = bomb(&[], 0x01, &[0x00]);
+            hostile_memory_fetch(&case, &RAW_TREE_POSTCARD, &TREE_POSTCARD, &bytes, empty);
+        }
+        // ... through a real Redis.
+        "postcard-redis" => {
             runtime().block_on(async {
-                let cache = Cache::connect(CacheConfig::builder().url(url.clone()).build())
+                let (cache, mut conn) = bomb_redis_cache().await;
+                let () = redis::cmd("SET")
+                    .arg(key_of(&cache, &TREE_POSTCARD, 1))
+                    .arg(bomb(&[], 0x01, &[0x00]))
+                    .query_async(&mut conn)
                     .await
                     .unwrap();
-                cache.ping().await.unwrap();
-                let mut conn = support::raw_conn_to(&url).await;
+                let what = "postcard tree bomb through redis";
+                assert_miss_then_hit(what, &cache, &TREE_POSTCARD, 1, empty).await;
+            });
+        }
+        // Both MessagePack bombs under Item through a real Redis.
+        "redis" => {
+            runtime().block_on(async {
+                let (cache, mut conn) = bomb_redis_cache().await;
                 for (id, bytes) in [
                     (1, bomb(&[], 0x91, &[1])),
                     (2, bomb(&[0x81, 0xa1, b'x'], 0x91, &[1])),
@@ -774,8 +792,19 @@ fn child_bomb() {
     eprintln!("bomb {case}: a miss");
 }
 
+/// A cache on the parent's server, and a raw connection to it.
+async fn bomb_redis_cache() -> (Cache, redis::aio::MultiplexedConnection) {
+    let port = std::env::var("HOSTILE_BOMB_REDIS_PORT").expect("the parent's redis port");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let cache = Cache::connect(CacheConfig::builder().url(url.clone()).build())
+        .await
+        .unwrap();
+    cache.ping().await.unwrap();
+    (cache, support::raw_conn_to(&url).await)
+}
+
 fn assert_bomb_is_a_miss(case: &str) {
-    let server = (case == "redis").then(RedisServer::start);
+    let server = case.ends_with("redis").then(RedisServer::start);
     let (ok, out) = in_child(case, server.as_ref());
     assert!(
         ok,
@@ -805,9 +834,19 @@ fn messagepack_recursion_bomb_under_a_recursive_type() {
     assert_bomb_is_a_miss("msgpack-tree");
 }
 
-// postcard has no nesting limit: a deeply nested value of a recursive type can overflow the
-// stack while it decodes. That is a documented limitation (README, FORMAT.md): recursive value
-// types use MessagePack, whose decoding is limited to 128 levels.
+/// Regression (fixed by a depth limit of 128, as for MessagePack): postcard has no nesting
+/// limit of its own, so 100 000 levels of a recursive type stored with postcard overflowed the
+/// stack and aborted the process.
+#[test]
+fn postcard_recursion_bomb_under_a_recursive_type() {
+    assert_bomb_is_a_miss("postcard-tree");
+}
+
+/// The same through Redis.
+#[test]
+fn postcard_recursion_bomb_through_redis() {
+    assert_bomb_is_a_miss("postcard-redis");
+}
 
 /// Fails in debug builds for the unknown-field bomb (see above).
 #[test]
