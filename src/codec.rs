@@ -55,10 +55,7 @@ impl Codec {
 
     pub(crate) fn decode<V: DeserializeOwned>(self, bytes: &[u8]) -> Result<V, CodecError> {
         match self {
-            Codec::MessagePack => {
-                check_msgpack_lengths(bytes)?;
-                V::deserialize(&mut msgpack_reader(bytes)).map_err(CodecError::MessagePackDecode)
-            }
+            Codec::MessagePack => msgpack_limited(bytes, |de| V::deserialize(de)),
             Codec::Postcard => postcard_limited(bytes, |de| V::deserialize(de)),
         }
     }
@@ -79,14 +76,24 @@ fn postcard_limited<'de, R>(
     })
 }
 
-/// rmp-serde's own nesting limit (1024) overflows a 2 MiB thread stack in unoptimized builds on
-/// hostile input, so MessagePack values get the same limit as postcard ones.
-fn msgpack_reader(
-    bytes: &[u8],
-) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
+/// rmp-serde's deserializer over a byte slice.
+type MsgpackReader<'de> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'de, [u8]>>;
+
+/// Decodes MessagePack `bytes` with `f`, once their declared lengths are checked, nesting
+/// limited to [`MAX_DEPTH`] levels (rmp-serde's default, 1024, overflows a 2 MiB thread stack in
+/// unoptimized builds). rmp-serde's own limit, set to the same, counts only arrays, maps and
+/// extensions; the wrapper also counts enums, which nest without them (`{"Next": {"Next": ...}}`).
+fn msgpack_limited<'de, R>(
+    bytes: &'de [u8],
+    f: impl FnOnce(Limited<'_, &mut MsgpackReader<'de>>) -> Result<R, rmp_serde::decode::Error>,
+) -> Result<R, CodecError> {
+    check_msgpack_lengths(bytes)?;
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    de
+    depth::with_limit(&mut de, f).map_err(|e| match e {
+        depth::Error::TooDeep => CodecError::TooDeep,
+        depth::Error::Inner(e) => CodecError::MessagePackDecode(e),
+    })
 }
 
 /// Checks, without recursion, that every length a MessagePack value declares fits in the bytes
@@ -348,12 +355,9 @@ macro_rules! codec_methods {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
         fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, CodecError> {
             match self.codec {
-                Codec::MessagePack => {
-                    check_msgpack_lengths(self.bytes)?;
-                    let mut de = msgpack_reader(self.bytes);
-                    de::Deserializer::$method(&mut de, $($arg,)* visitor)
-                        .map_err(CodecError::MessagePackDecode)
-                }
+                Codec::MessagePack => msgpack_limited(self.bytes, |de| {
+                    de::Deserializer::$method(de, $($arg,)* visitor)
+                }),
                 Codec::Postcard => postcard_limited(self.bytes, |de| {
                     de::Deserializer::$method(de, $($arg,)* visitor)
                 }),
@@ -563,6 +567,47 @@ mod tests {
             CodecError::TooDeep.to_string(),
             "value nests deeper than 128 levels"
         );
+    }
+
+    /// A recursive enum: each level is one enum, which rmp-serde's own depth limit does not
+    /// count.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Chain {
+        End,
+        Next(Box<Chain>),
+    }
+
+    /// `links` nested `Next`s around an `End`, in MessagePack as `to_vec_named` writes them
+    /// (`{"Next": {"Next": ... "End"}}`), built without building the value.
+    fn chain_msgpack(links: usize) -> Vec<u8> {
+        let mut bytes = b"\x81\xa4Next".repeat(links);
+        bytes.extend_from_slice(b"\xa3End");
+        bytes
+    }
+
+    #[test]
+    fn messagepack_enums_count_toward_the_limit() {
+        on_2mib_stack(|| {
+            // 127 links and the end: 128 levels.
+            let mut chain = Chain::End;
+            for _ in 0..127 {
+                chain = Chain::Next(Box::new(chain));
+            }
+            let bytes = Codec::MessagePack.encode(&chain).unwrap();
+            assert_eq!(bytes, chain_msgpack(127));
+            assert_eq!(Codec::MessagePack.decode::<Chain>(&bytes).unwrap(), chain);
+            assert_eq!(
+                decode_text::<Chain>(Codec::MessagePack, &bytes).unwrap(),
+                chain
+            );
+            for links in [128, 100_000] {
+                let bytes = chain_msgpack(links);
+                let err = Codec::MessagePack.decode::<Chain>(&bytes).unwrap_err();
+                assert!(matches!(err, CodecError::TooDeep), "{links}: {err:?}");
+                let err = decode_text::<Chain>(Codec::MessagePack, &bytes).unwrap_err();
+                assert!(matches!(err, CodecError::TooDeep), "{links}: {err:?}");
+            }
+        });
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! A nesting limit for any serde `Deserializer`.
 //!
 //! Decoding recurses once per nested value, so a hostile value of a recursive type (anyone can
-//! write to Redis) nested deeply enough overflows the stack and aborts the process; postcard has
-//! no limit of its own. Growing the stack instead (`serde_stacker`) is not enough: the decoded
-//! value would overflow it again when dropped.
+//! write to Redis) nested deeply enough overflows the stack and aborts the process. postcard has
+//! no limit of its own, and rmp-serde's does not count enums. Growing the stack instead
+//! (`serde_stacker`) is not enough: the decoded value would overflow it again when dropped.
 //!
 //! [`Limited`] wraps the deserializer and everything it hands out (visitors, sequence, map and
 //! enum accesses, seeds) and counts the nested values a visitor enters (`Some`, newtype

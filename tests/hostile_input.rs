@@ -122,7 +122,15 @@ struct Tree {
     children: Vec<Tree>,
 }
 
+/// A recursive enum: in MessagePack it nests without arrays (`{"Next": {"Next": ...}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Chain {
+    End,
+    Next(Box<Chain>),
+}
+
 const TREE: Strategy<Tree, ItemKey> = Strategy::<Tree, ItemKey>::obj("tree:<item_id>");
+const CHAIN: Strategy<Chain, ItemKey> = Strategy::<Chain, ItemKey>::obj("chain:<item_id>");
 const TREE_POSTCARD: Strategy<Tree, ItemKey> =
     Strategy::<Tree, ItemKey>::obj("tree_pc:<item_id>").codec(Codec::Postcard);
 const NAME: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("name:<item_id>");
@@ -137,6 +145,7 @@ const ITEM_LIST: Strategy<Vec<Item>, ItemKey, List> = Strategy::list("item_list:
 // Raw strategies sharing the templates above (counters store strings, like obj strategies).
 const RAW_ITEM: Strategy<Raw, ItemKey, Counter> = Strategy::counter("item:<item_id>");
 const RAW_TREE: Strategy<Raw, ItemKey, Counter> = Strategy::counter("tree:<item_id>");
+const RAW_CHAIN: Strategy<Raw, ItemKey, Counter> = Strategy::counter("chain:<item_id>");
 const RAW_TREE_POSTCARD: Strategy<Raw, ItemKey, Counter> = Strategy::counter("tree_pc:<item_id>");
 const RAW_NAME: Strategy<Raw, ItemKey, Counter> = Strategy::counter("name:<item_id>");
 const RAW_NUMBERS: Strategy<Raw, ItemKey, Counter> = Strategy::counter("numbers:<item_id>");
@@ -748,6 +757,12 @@ fn child_bomb() {
         "msgpack-tree" => {
             hostile_memory_fetch(&case, &RAW_TREE, &TREE, &bomb(&[], 0x91, &[0x90]), empty);
         }
+        // 100 000 nested enum variants, `{"Next": {"Next": ... "End"}}`.
+        "msgpack-enum" => {
+            let mut bytes = b"\x81\xa4Next".repeat(DEPTH);
+            bytes.extend_from_slice(b"\xa3End");
+            hostile_memory_fetch(&case, &RAW_CHAIN, &CHAIN, &bytes, Chain::End);
+        }
         // 100 000 nested one-element `children` under a recursive type stored with postcard
         // (a postcard struct is its fields in order, a Vec its length and elements).
         "postcard-tree" => {
@@ -832,6 +847,14 @@ fn messagepack_recursion_bomb_in_an_unknown_field() {
 #[test]
 fn messagepack_recursion_bomb_under_a_recursive_type() {
     assert_bomb_is_a_miss("msgpack-tree");
+}
+
+/// Regression (fixed by counting enums toward the depth limit of 128): rmp-serde's own limit
+/// counts arrays and maps only, so 100 000 nested enum variants (~600 KB) overflowed the stack
+/// and aborted the process.
+#[test]
+fn messagepack_recursion_bomb_of_enum_variants() {
+    assert_bomb_is_a_miss("msgpack-enum");
 }
 
 /// Regression (fixed by a depth limit of 128, as for MessagePack): postcard has no nesting
