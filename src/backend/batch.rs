@@ -2,19 +2,44 @@
 //! once when no read is in flight; reads that arrive while one is in flight queue up and go out
 //! together as one MGET when it returns. A lone fetch is never delayed; under concurrency, many
 //! fetches share one round trip and one command's overhead on both ends.
+//!
+//! Queued reads carry no timer of their own: a batch runs under the time its oldest read has
+//! left, so each read still ends within the response timeout of its arrival, at the cost of one
+//! timer per batch instead of one per read.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 /// A queued read: the key, and where its reply goes.
-pub(crate) type Pending<T> = (Vec<u8>, oneshot::Sender<Result<T, String>>);
+pub(crate) type Pending<T> = (Vec<u8>, oneshot::Sender<Result<T, Failure>>);
+
+/// Why a batch gave no reply; every read in it gets the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The response timeout of the batch's oldest read passed.
+    Timeout,
+    /// Redis was skipped (breaker open, no runtime).
+    Unavailable,
+    /// Redis failed or answered something else than expected.
+    Failed(String),
+}
 
 #[derive(Debug)]
 struct State<T> {
     /// Reads (single GETs or batches) on the wire.
     in_flight: usize,
     queue: Vec<Pending<T>>,
+    /// When the oldest read in `queue` arrived.
+    oldest: Option<Instant>,
+}
+
+/// Reads to send together, and when the oldest of them arrived.
+#[derive(Debug)]
+pub(crate) struct Batch<T> {
+    pub(crate) reads: Vec<Pending<T>>,
+    pub(crate) oldest: Instant,
 }
 
 /// Coalesces reads of single keys into batches.
@@ -29,7 +54,7 @@ pub(crate) enum Turn<T> {
     /// Send the read now; call [`ReadBatcher::done`] when it returns.
     Go,
     /// Wait for a batch to carry it.
-    Wait(oneshot::Receiver<Result<T, String>>),
+    Wait(oneshot::Receiver<Result<T, Failure>>),
 }
 
 impl<T> ReadBatcher<T> {
@@ -38,6 +63,7 @@ impl<T> ReadBatcher<T> {
             state: Mutex::new(State {
                 in_flight: 0,
                 queue: Vec::new(),
+                oldest: None,
             }),
             max_in_flight: max_in_flight.max(1),
         }
@@ -55,6 +81,9 @@ impl<T> ReadBatcher<T> {
             Turn::Go
         } else {
             let (tx, rx) = oneshot::channel();
+            if state.queue.is_empty() {
+                state.oldest = Some(Instant::now());
+            }
             state.queue.push((key.to_vec(), tx));
             Turn::Wait(rx)
         }
@@ -62,19 +91,23 @@ impl<T> ReadBatcher<T> {
 
     /// A read or batch returned: the reads that queued up meanwhile, to send as the next batch
     /// in the same slot, or `None` after freeing the slot.
-    pub(crate) fn next_or_release(&self) -> Option<Vec<Pending<T>>> {
+    pub(crate) fn next_or_release(&self) -> Option<Batch<T>> {
         let mut state = self.lock();
         if state.queue.is_empty() {
             state.in_flight -= 1;
             None
         } else {
-            Some(std::mem::take(&mut state.queue))
+            let oldest = state.oldest.take().unwrap_or_else(Instant::now);
+            Some(Batch {
+                reads: std::mem::take(&mut state.queue),
+                oldest,
+            })
         }
     }
 }
 
 /// Delivers a batch's replies, in key order, or its error to every read in it.
-pub(crate) fn deliver<T>(pending: Vec<Pending<T>>, replies: Result<Vec<T>, String>) {
+pub(crate) fn deliver<T>(pending: Vec<Pending<T>>, replies: Result<Vec<T>, Failure>) {
     match replies {
         Ok(values) if values.len() == pending.len() => {
             for ((_, tx), value) in pending.into_iter().zip(values) {
@@ -83,7 +116,9 @@ pub(crate) fn deliver<T>(pending: Vec<Pending<T>>, replies: Result<Vec<T>, Strin
         }
         Ok(_) => {
             for (_, tx) in pending {
-                let _ = tx.send(Err("batched read: reply length mismatch".into()));
+                let _ = tx.send(Err(Failure::Failed(
+                    "batched read: reply length mismatch".into(),
+                )));
             }
         }
         Err(e) => {
@@ -105,10 +140,15 @@ mod tests {
         let Turn::Wait(rx) = batcher.turn(b"b") else {
             panic!("a second read must wait while one is in flight");
         };
-        let queue = batcher.next_or_release().expect("b queued");
-        assert_eq!(queue.len(), 1);
-        assert_eq!(queue[0].0, b"b");
-        deliver(queue, Ok(vec![7]));
+        let before = Instant::now();
+        let batch = batcher.next_or_release().expect("b queued");
+        assert!(
+            batch.oldest <= before,
+            "the batch dates from its oldest read"
+        );
+        assert_eq!(batch.reads.len(), 1);
+        assert_eq!(batch.reads[0].0, b"b");
+        deliver(batch.reads, Ok(vec![7]));
         assert_eq!(rx.await.unwrap(), Ok(7));
         assert!(batcher.next_or_release().is_none());
         assert!(matches!(batcher.turn(b"c"), Turn::Go));

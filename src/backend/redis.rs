@@ -11,7 +11,7 @@ use redis::aio::{
 };
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 
-use super::batch::{deliver, Pending, ReadBatcher, Turn};
+use super::batch::{deliver, Batch, Failure, ReadBatcher, Turn};
 use super::{is_lease, Acquire, Loc, Lookup, Token};
 use crate::error::{is_connection_error, Error};
 use crate::kind::Shape;
@@ -178,16 +178,16 @@ struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(queue) = self.batcher.next_or_release() {
+        if let Some(batch) = self.batcher.next_or_release() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(
                         self.backend
                             .clone()
-                            .run_batches(self.batcher.clone(), queue),
+                            .run_batches(self.batcher.clone(), batch),
                     );
                 }
-                Err(_) => deliver(queue, Err("no runtime to send the batch on".into())),
+                Err(_) => deliver(batch.reads, Err(Failure::Unavailable)),
             }
         }
     }
@@ -747,21 +747,36 @@ impl RedisBackend {
             .await
     }
 
-    /// Sends batches of queued reads until no more queue up, then frees the slot.
-    async fn run_batches(self, batcher: Arc<ReadBatcher<Value>>, mut queue: Vec<Pending<Value>>) {
+    /// Sends batches of queued reads until no more queue up, then frees the slot. Each batch
+    /// gets what is left of the response timeout of its oldest read.
+    async fn run_batches(self, batcher: Arc<ReadBatcher<Value>>, mut batch: Batch<Value>) {
         loop {
-            let mut cmd = redis::cmd("MGET");
-            for (key, _) in &queue {
-                cmd.arg(&key[..]);
-            }
-            let replies = match self.cmd(cmd).await {
-                Ok(Value::Array(items)) => Ok(items),
-                Ok(_) => Err("unexpected MGET reply".to_owned()),
-                Err(e) => Err(e.to_string()),
+            let left = self.timeout.saturating_sub(batch.oldest.elapsed());
+            let replies = if left.is_zero() {
+                Err(Failure::Timeout)
+            } else if self.breaker.is_open() {
+                Err(Failure::Unavailable)
+            } else {
+                let mut cmd = redis::cmd("MGET");
+                for (key, _) in &batch.reads {
+                    cmd.arg(&key[..]);
+                }
+                let reply = self
+                    .run_unchecked(left, |mut c| async move {
+                        cmd.query_async::<Value>(&mut c).await
+                    })
+                    .await;
+                match reply {
+                    Ok(Value::Array(items)) => Ok(items),
+                    Ok(_) => Err(Failure::Failed("unexpected MGET reply".to_owned())),
+                    Err(Error::Timeout(_)) => Err(Failure::Timeout),
+                    Err(Error::Unavailable) => Err(Failure::Unavailable),
+                    Err(e) => Err(Failure::Failed(e.to_string())),
+                }
             };
-            deliver(queue, replies);
+            deliver(batch.reads, replies);
             match batcher.next_or_release() {
-                Some(next) => queue = next,
+                Some(next) => batch = next,
                 None => return,
             }
         }
@@ -783,15 +798,17 @@ impl RedisBackend {
                 };
                 self.cmd(key_cmd("GET", key, None)).await
             }
-            Turn::Wait(rx) => match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(Ok(value))) => Ok(value),
-                Ok(Ok(Err(e))) => Err(Error::Redis(redis::RedisError::from((
+            // No timer here: the batch that carries this read ends within the response
+            // timeout of its arrival (see `run_batches`).
+            Turn::Wait(rx) => match rx.await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(Failure::Timeout)) => Err(Error::Timeout(self.timeout)),
+                Ok(Err(Failure::Unavailable)) | Err(_) => Err(Error::Unavailable),
+                Ok(Err(Failure::Failed(e))) => Err(Error::Redis(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "batched read failed",
                     e,
                 )))),
-                Ok(Err(_)) => Err(Error::Unavailable),
-                Err(_) => Err(Error::Timeout(self.timeout)),
             },
         }
     }
