@@ -8,9 +8,12 @@
 //!
 //! It starts its own `redis-server` on a free loopback port (`$CACHEOBJ_REDIS_SERVER`, else
 //! `redis-server` on PATH; never the machine's Redis) and kills it at the end. Every contender
-//! runs for `BENCH_RUN_MS` (default 400 ms) in each of `BENCH_ROUNDS` rounds (default 5); the
-//! order of the contenders rotates from round to round, and the figures printed are medians
-//! across rounds. The tokio runtime has 2 worker threads; the server shares the machine.
+//! runs for `BENCH_RUN_MS` (default 250 ms) in each of `BENCH_ROUNDS` rounds (default 11); the
+//! order of the contenders rotates from round to round. The table prints medians across rounds.
+//! Each `ratio` line is the median of per-round ratios: the contenders of a round run next to
+//! each other, so a ratio compares them under the same machine load, and the median drops the
+//! rounds that a burst of other work on the shared machine skewed. The tokio runtime has 2
+//! worker threads; the server shares the machine.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -529,6 +532,24 @@ fn fmt_dur(d: Duration) -> String {
     }
 }
 
+/// A ratio between two contenders over the rounds.
+#[derive(Clone, Copy)]
+struct Ratio {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+/// The ratio of a median (over rounds) to one outside measurement, such as redis-benchmark's.
+fn against(ours: f64, theirs: f64) -> Ratio {
+    let r = ours / theirs;
+    Ratio {
+        median: r,
+        min: r,
+        max: r,
+    }
+}
+
 /// Medians across rounds of one contender at one concurrency.
 struct Summary {
     ops_per_sec: f64,
@@ -558,8 +579,8 @@ fn summarize(runs: &[RunStats]) -> Summary {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
-    let rounds = env_number("BENCH_ROUNDS", 5).max(1);
-    let run_ms = env_number("BENCH_RUN_MS", 400).max(10);
+    let rounds = env_number("BENCH_ROUNDS", 11).max(1);
+    let run_ms = env_number("BENCH_RUN_MS", 250).max(10);
     let server = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -834,82 +855,106 @@ async fn bench(server: &RedisServer, rounds: u64, run_for: Duration) {
         );
     }
 
-    let ops = |op: Op, conc: usize| summaries[&(op, conc)].ops_per_sec;
-    let p50 = |op: Op, conc: usize| summaries[&(op, conc)].p50.as_secs_f64();
+    // Per-round ratios of two contenders (`a` over `b`), as a median and a range.
+    let per_round = |a: (Op, usize), b: (Op, usize), f: fn(&RunStats) -> f64| -> Ratio {
+        let ratios: Vec<f64> = results[&a]
+            .iter()
+            .zip(&results[&b])
+            .map(|(x, y)| f(x) / f(y))
+            .collect();
+        Ratio {
+            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            max: ratios.iter().copied().fold(0.0, f64::max),
+            median: median(ratios),
+        }
+    };
+    let ops = |op: Op, conc: usize| (op, conc);
+    let tput_of = |r: &RunStats| r.ops_per_sec;
+    let p50_of = |r: &RunStats| r.p50.as_secs_f64();
     println!();
-    println!("# ratio lines: cacheobj / other. Throughput ratios: > 1 means cacheobj is faster.");
-    println!("# Latency and time ratios: < 1 means cacheobj is faster (each line says which).");
-    let ratio = |name: &str, value: f64, meaning: &str| {
-        println!("ratio {name} {value:.3}  # {meaning}");
+    println!(
+        "# ratio lines: cacheobj / other, the median of {rounds} per-round ratios [min..max]."
+    );
+    println!("# Throughput ratios: > 1 means cacheobj is faster. Latency and time ratios: < 1");
+    println!("# means cacheobj is faster (each line says which).");
+    let ratio = |name: &str, r: Ratio, meaning: &str| {
+        println!(
+            "ratio {name} {:.3}  # [{:.3}..{:.3}] {meaning}",
+            r.median, r.min, r.max
+        );
     };
     let tput = "throughput ratio, higher is better";
     ratio(
         "hit_c1_vs_raw",
-        ops(Op::HitCacheobj, 1) / ops(Op::HitRaw, 1),
+        per_round(ops(Op::HitCacheobj, 1), ops(Op::HitRaw, 1), tput_of),
         tput,
     );
     ratio(
         "hit_c1_vs_cached",
-        ops(Op::HitCacheobj, 1) / ops(Op::HitCached, 1),
+        per_round(ops(Op::HitCacheobj, 1), ops(Op::HitCached, 1), tput_of),
         tput,
     );
     ratio(
         "hit_c64_vs_raw",
-        ops(Op::HitCacheobj, 64) / ops(Op::HitRaw, 64),
+        per_round(ops(Op::HitCacheobj, 64), ops(Op::HitRaw, 64), tput_of),
         tput,
     );
     ratio(
         "hit_c64_vs_cached",
-        ops(Op::HitCacheobj, 64) / ops(Op::HitCached, 64),
+        per_round(ops(Op::HitCacheobj, 64), ops(Op::HitCached, 64), tput_of),
         tput,
     );
     if let Some(p) = rb_pipelined {
         ratio(
             "hit_c64_vs_redis_benchmark_pipelined",
-            ops(Op::HitCacheobj, 64) / p,
+            against(summaries[&(Op::HitCacheobj, 64)].ops_per_sec, p),
             "throughput ratio against the server's pipelined ceiling",
         );
     }
     if let Some(c1) = rb_c1 {
         ratio(
             "hit_c1_vs_redis_benchmark_c1",
-            ops(Op::HitCacheobj, 1) / c1,
+            against(summaries[&(Op::HitCacheobj, 1)].ops_per_sec, c1),
             "throughput ratio against redis-benchmark with 1 client, no pipelining",
         );
     }
     ratio(
         "lone_fetch_p50_vs_raw",
-        p50(Op::HitCacheobj, 1) / p50(Op::HitRaw, 1),
+        per_round(ops(Op::HitCacheobj, 1), ops(Op::HitRaw, 1), p50_of),
         "latency ratio, lower is better",
     );
     ratio(
         "miss_c1_vs_raw",
-        ops(Op::MissCacheobj, 1) / ops(Op::MissRaw, 1),
+        per_round(ops(Op::MissCacheobj, 1), ops(Op::MissRaw, 1), tput_of),
         tput,
     );
     ratio(
         "miss_c1_vs_cached",
-        ops(Op::MissCacheobj, 1) / ops(Op::MissCached, 1),
+        per_round(ops(Op::MissCacheobj, 1), ops(Op::MissCached, 1), tput_of),
         tput,
     );
     ratio(
         "miss_c64_vs_raw",
-        ops(Op::MissCacheobj, 64) / ops(Op::MissRaw, 64),
+        per_round(ops(Op::MissCacheobj, 64), ops(Op::MissRaw, 64), tput_of),
         tput,
     );
     ratio(
         "fetch_many_1000_vs_sequential",
-        ops(Op::ManyFetchMany, 1) / ops(Op::ManySequential, 1),
+        per_round(
+            ops(Op::ManyFetchMany, 1),
+            ops(Op::ManySequential, 1),
+            tput_of,
+        ),
         "throughput ratio (speed-up), higher is better",
     );
     ratio(
         "fetch_many_1000_vs_mget",
-        ops(Op::ManyFetchMany, 1) / ops(Op::ManyMget, 1),
+        per_round(ops(Op::ManyFetchMany, 1), ops(Op::ManyMget, 1), tput_of),
         tput,
     );
     ratio(
         "memory_hit_vs_moka",
-        ops(Op::MemoryMoka, 1) / ops(Op::MemoryCacheobj, 1),
+        per_round(ops(Op::MemoryMoka, 1), ops(Op::MemoryCacheobj, 1), tput_of),
         "time per hit ratio, lower is better",
     );
     println!(
