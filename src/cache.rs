@@ -100,7 +100,7 @@ impl fmt::Debug for Cache {
 pub struct EntryKey {
     /// The Redis key, prefix included.
     pub key: Vec<u8>,
-    /// The hash field, for [`Hash`] strategies.
+    /// The hash field, for [`Hash`](struct@Hash) strategies.
     pub field: Option<Vec<u8>>,
 }
 
@@ -508,7 +508,7 @@ impl Cache {
         })
     }
 
-    /// Where an entry lives: the Redis key (prefix included) and, for [`Hash`] strategies, the
+    /// Where an entry lives: the Redis key (prefix included) and, for [`Hash`](struct@Hash) strategies, the
     /// hash field. For debugging, and for tools that inspect Redis directly.
     ///
     /// # Errors
@@ -1300,7 +1300,7 @@ impl Cache {
         Ok(out)
     }
 
-    /// Deletes the hash field of a [`Hash`] strategy (Flask-CacheOBJ's `hash_del`).
+    /// Deletes the hash field of a [`Hash`](struct@Hash) strategy (Flask-CacheOBJ's `hash_del`).
     ///
     /// # Errors
     ///

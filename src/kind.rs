@@ -19,7 +19,7 @@ mod sealed {
 }
 
 /// The kind of a [`Strategy`](crate::Strategy): [`Obj`], [`Counter`], [`List`], [`Set`] or
-/// [`Hash`]. Sealed: the kinds are this crate's.
+/// [`Hash`](struct@Hash). Sealed: the kinds are this crate's.
 ///
 /// # Examples
 ///
@@ -76,7 +76,7 @@ kinds! {
 }
 
 /// The kinds [`Cache::fetch_many`](crate::Cache::fetch_many) reads in one round trip:
-/// [`Obj`], [`Counter`] and [`Hash`].
+/// [`Obj`], [`Counter`] and [`Hash`](struct@Hash).
 ///
 /// # Examples
 ///

@@ -39,7 +39,7 @@ type Types<V, K, Kd> = PhantomData<fn() -> (V, K, Kd)>;
 
 /// A caching strategy: where values of type `V`, identified by keys of type `K`, live in Redis,
 /// how long, and how they are encoded. `Kd` is the kind: [`Obj`] (the default), [`Counter`],
-/// [`List`], [`Set`] or [`Hash`].
+/// [`List`], [`Set`] or [`Hash`](struct@Hash).
 ///
 /// Strategies are built in `const` items. The template is checked against the key's fields
 /// while the const is evaluated, so a template that names a missing field, an unclosed or empty
@@ -212,7 +212,7 @@ impl<V, K: CacheKey> Strategy<V, K, Hash> {
 
 impl<V, K, Kd> Strategy<V, K, Kd> {
     /// Entries expire `secs` seconds after they are filled. Without it they never expire. For a
-    /// [`Hash`] strategy the TTL is the whole Redis hash's, extended on each fill to at least
+    /// [`Hash`](struct@Hash) strategy the TTL is the whole Redis hash's, extended on each fill to at least
     /// `secs` (Redis before 7.4 has no per-field TTL).
     ///
     /// # Panics
@@ -393,7 +393,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
         self
     }
 
-    /// The key template (for a [`Hash`] strategy, the field template).
+    /// The key template (for a [`Hash`](struct@Hash) strategy, the field template).
     ///
     /// # Examples
     ///
@@ -409,7 +409,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
         self.key.source()
     }
 
-    /// The hash key template of a [`Hash`] strategy; `None` for other kinds.
+    /// The hash key template of a [`Hash`](struct@Hash) strategy; `None` for other kinds.
     ///
     /// # Examples
     ///
