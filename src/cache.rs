@@ -1,6 +1,6 @@
 //! The [`Cache`] handle: runs strategies against a backend.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use crate::backend::LazyCluster;
 use crate::backend::{
     Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
 };
+use crate::budget::Budget;
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
 use crate::error::{ConfigError, Error, KeyError};
@@ -70,6 +71,10 @@ struct Inner {
     counters: Counters,
     flights: Flights,
     refreshing: Mutex<HashSet<FlightKey>>,
+    /// Entries whose lease this process may have left behind (a lease or fill request that
+    /// failed), with how many background releases follow it. A fetch that finds such an entry
+    /// leased does not wait for a fill that is likely never to come.
+    orphans: Arc<Mutex<HashMap<FlightKey, usize>>>,
 }
 
 impl fmt::Debug for Cache {
@@ -217,6 +222,38 @@ fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
 }
 
 /// Removes a key from the set of refreshing keys when the refresh ends or is cancelled.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks an entry as having an orphaned lease while a background release runs.
+struct Orphan {
+    set: Arc<Mutex<HashMap<FlightKey, usize>>>,
+    key: FlightKey,
+}
+
+impl Orphan {
+    fn new(set: &Arc<Mutex<HashMap<FlightKey, usize>>>, key: FlightKey) -> Orphan {
+        *lock(set).entry(key.clone()).or_insert(0) += 1;
+        Orphan {
+            set: set.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let mut set = lock(&self.set);
+        if let Some(n) = set.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                set.remove(&self.key);
+            }
+        }
+    }
+}
+
 struct RefreshGuard<'a> {
     set: &'a Mutex<HashSet<FlightKey>>,
     key: FlightKey,
@@ -449,6 +486,7 @@ impl Cache {
                 counters: Counters::default(),
                 flights: Flights::default(),
                 refreshing: Mutex::new(HashSet::new()),
+                orphans: Arc::new(Mutex::new(HashMap::new())),
             }),
         }
     }
@@ -603,6 +641,7 @@ impl Cache {
         let early = strategy.early_refresh_ms() > 0
             && Kd::SHAPE == Shape::Str
             && strategy.expire_after().is_some();
+        let started = tokio::time::Instant::now();
         let read = if early {
             inner.backend.read_with_ttl(loc).await
         } else {
@@ -615,8 +654,9 @@ impl Cache {
                 Ok(value) => {
                     bump(&inner.counters.hits);
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
+                        let budget = Budget::after(inner.backend.response_timeout(), started);
                         return self
-                            .refresh_early(strategy, &rendered, payload, value, loader)
+                            .refresh_early(strategy, &rendered, payload, value, budget, loader)
                             .await;
                     }
                     return Ok(value);
@@ -637,7 +677,8 @@ impl Cache {
             }
         }
         bump(&inner.counters.misses);
-        self.load_coalesced(strategy, &rendered, force, redis_ok, loader)
+        let budget = Budget::after(inner.backend.response_timeout(), started);
+        self.load_coalesced(strategy, &rendered, force, redis_ok, budget, loader)
             .await
     }
 
@@ -935,6 +976,7 @@ impl Cache {
         rendered: &Rendered,
         force: bool,
         redis_ok: bool,
+        budget: Budget,
         loader: F,
     ) -> Result<V, E>
     where
@@ -951,7 +993,8 @@ impl Cache {
                 Role::Leader(mut guard) => {
                     return self
                         .lead(
-                            strategy, rendered, &mut guard, inherited, force, redis_ok, loader,
+                            strategy, rendered, &mut guard, inherited, force, redis_ok, budget,
+                            loader,
                         )
                         .await;
                 }
@@ -990,6 +1033,7 @@ impl Cache {
         inherited: Option<Token>,
         mut force: bool,
         redis_ok: bool,
+        mut budget: Budget,
         loader: F,
     ) -> Result<V, E>
     where
@@ -1012,9 +1056,20 @@ impl Cache {
             let mut backoff = Duration::from_millis(2);
             let mut waiting = false;
             loop {
-                match inner
-                    .backend
-                    .acquire(loc, &token, strategy.lease_ms(), force)
+                if budget.is_spent() {
+                    // This fetch has had its response timeout's worth of Redis: load without
+                    // a lease rather than wait on it longer.
+                    inner.fault(&Error::Timeout(
+                        inner.backend.response_timeout().unwrap_or_default(),
+                    ));
+                    break;
+                }
+                match budget
+                    .spend(
+                        inner
+                            .backend
+                            .acquire(loc, &token, strategy.lease_ms(), force),
+                    )
                     .await
                 {
                     Ok(Acquire::Acquired) => {
@@ -1036,6 +1091,11 @@ impl Cache {
                         }
                     },
                     Ok(Acquire::Leased) => {
+                        if self.is_orphan(rendered) {
+                            // Likely our own lease, left by a request that failed: its
+                            // release is on the way, no fill is. Load without a lease.
+                            break;
+                        }
                         if !waiting {
                             waiting = true;
                             bump(&inner.counters.lease_waits);
@@ -1067,7 +1127,10 @@ impl Cache {
                     Ok(payload) => {
                         if let Some(token) = &lease {
                             let ttl = strategy.fill_ttl_ms(value.is_negative());
-                            match inner.backend.fill(loc, token, &payload, ttl).await {
+                            match budget
+                                .spend(inner.backend.fill(loc, token, &payload, ttl))
+                                .await
+                            {
                                 Ok(true) => {}
                                 Ok(false) => {
                                     bump(&inner.counters.stale_fills_rejected);
@@ -1088,14 +1151,16 @@ impl Cache {
                     }
                     Err(e) => {
                         inner.fault(&Error::Encode(e));
-                        self.release(loc, lease.as_ref()).await;
+                        self.release_within(rendered, lease, &mut budget, strategy)
+                            .await;
                         guard.finish(FlightState::Failed);
                     }
                 }
                 Ok(value)
             }
             Err(e) => {
-                self.release(loc, lease.as_ref()).await;
+                self.release_within(rendered, lease, &mut budget, strategy)
+                    .await;
                 guard.finish(FlightState::Failed);
                 Err(e)
             }
@@ -1134,7 +1199,9 @@ impl Cache {
         };
         let backend = self.inner.backend.clone();
         let (key, field, shape) = (rendered.key.clone(), rendered.field.clone(), rendered.shape);
+        let orphan = Orphan::new(&self.inner.orphans, rendered.flight_key());
         runtime.spawn(async move {
+            let _orphan = orphan;
             let loc = Loc {
                 key: &key,
                 field: &field,
@@ -1149,6 +1216,32 @@ impl Cache {
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
         });
+    }
+
+    /// Whether a background release of this entry's lease is under way in this process.
+    fn is_orphan(&self, rendered: &Rendered) -> bool {
+        lock(&self.inner.orphans).contains_key(&rendered.flight_key())
+    }
+
+    /// Releases a fetch's lease within what is left of its Redis budget; in the background
+    /// when that runs out or the release fails.
+    async fn release_within<V, K, Kd>(
+        &self,
+        rendered: &Rendered,
+        lease: Option<Token>,
+        budget: &mut Budget,
+        strategy: &Strategy<V, K, Kd>,
+    ) {
+        let Some(token) = lease else {
+            return;
+        };
+        if let Err(e) = budget
+            .spend(self.inner.backend.release(rendered.loc(), &token))
+            .await
+        {
+            self.inner.fault(&e);
+            self.release_in_background(rendered, token, strategy.lease_time());
+        }
     }
 
     async fn release(&self, loc: Loc<'_>, lease: Option<&Token>) {
@@ -1166,6 +1259,7 @@ impl Cache {
         rendered: &Rendered,
         current_payload: Payload,
         current: V,
+        mut budget: Budget,
         loader: F,
     ) -> Result<V, E>
     where
@@ -1201,7 +1295,10 @@ impl Cache {
             return Ok(value);
         };
         let ttl = strategy.fill_ttl_ms(value.is_negative());
-        match inner.backend.refill(rendered.loc(), old, &new, ttl).await {
+        match budget
+            .spend(inner.backend.refill(rendered.loc(), old, &new, ttl))
+            .await
+        {
             Ok(true) => {}
             Ok(false) => bump(&inner.counters.stale_fills_rejected),
             Err(e) => inner.fault(&e),

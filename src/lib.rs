@@ -4,6 +4,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod backend;
+mod budget;
 mod cache;
 mod codec;
 mod config;

@@ -498,3 +498,83 @@ async fn response_timeouts_are_reported_as_error_timeout() {
         "expected Err(Timeout(100ms)) every time, got: {got:#?}"
     );
 }
+
+/// A TCP proxy in front of `target` that holds every reply for `delay` before passing it on:
+/// a Redis that answers, but slowly.
+async fn slow_proxy(target: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Every request of a fetch counts against one response timeout: against a Redis that takes
+/// 70 % of the timeout to answer each request, a cold fetch (read, lease request, fill) must
+/// not take three of them. The read succeeds; the lease request gets what is left, times out,
+/// and the fetch loads without a lease instead of waiting on Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
+    let server = RedisServer::start();
+    let delay = RESPONSE * 7 / 10;
+    let port = slow_proxy(server.port, delay).await;
+    let h = Harness::connect(config(
+        format!("redis://127.0.0.1:{port}"),
+        "budget",
+        Duration::from_millis(100),
+    ))
+    .await;
+    // Connected (the handshake's round trips may outlast the first pings) and answering,
+    // slowly, within the timeout.
+    let deadline = Instant::now() + HANG;
+    let took = loop {
+        let ping = Instant::now();
+        match h.cache.ping().await {
+            Ok(()) => break ping.elapsed(),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the slow Redis: {e}");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            Err(e) => panic!("the slow Redis never answered a ping: {e}"),
+        }
+    };
+    assert!(took >= delay, "the proxy did not delay the reply ({took:?})");
+
+    let mut worst = Duration::ZERO;
+    for id in 1..=5 {
+        worst = worst.max(h.fetch(id).await);
+    }
+    // Without the shared budget a cold fetch took read + lease + fill = 3 x 70 ms + loader.
+    assert!(
+        worst <= RESPONSE + LOADER + Duration::from_millis(40),
+        "a cold fetch took {worst:?} against a Redis answering in {delay:?} (response timeout \
+         {RESPONSE:?}, loader {LOADER:?})"
+    );
+    assert_eq!(h.calls.load(Ordering::SeqCst), 5, "every cold fetch loaded");
+}

@@ -92,6 +92,14 @@ macro_rules! dispatch {
 }
 
 impl Backend {
+    /// How long one Redis request may take; `None` for the embedded backend.
+    pub(crate) fn response_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Backend::Redis(b) => Some(b.response_timeout()),
+            Backend::Memory(_) => None,
+        }
+    }
+
     pub(crate) async fn read(&self, loc: Loc<'_>) -> Result<Lookup, Error> {
         dispatch!(self.read(loc))
     }

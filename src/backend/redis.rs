@@ -607,6 +607,10 @@ impl RedisBackend {
         }
     }
 
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn conn(&self) -> RedisConn {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -1,0 +1,90 @@
+//! A fetch's time on Redis: every request one fetch makes (read, lease, fill, release) counts
+//! against one response timeout, so a fetch spends at most that long waiting on Redis in all,
+//! not that long per request. Waiting for another caller's fill (sleeping between lease
+//! requests) is not time on Redis and does not count.
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// What is left of one fetch's response timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// `None`: no limit (the embedded backend answers at once).
+    left: Option<Duration>,
+    timeout: Duration,
+}
+
+impl Budget {
+    /// The budget of a fetch whose first request began at `started` and has returned.
+    pub(crate) fn after(timeout: Option<Duration>, started: Instant) -> Budget {
+        Budget {
+            left: timeout.map(|t| t.saturating_sub(started.elapsed())),
+            timeout: timeout.unwrap_or(Duration::MAX),
+        }
+    }
+
+    /// Nothing left: the next request would fail without being sent.
+    pub(crate) fn is_spent(&self) -> bool {
+        self.left.is_some_and(|l| l.is_zero())
+    }
+
+    /// Runs one request within what is left, and counts the time it took. A request cut short
+    /// is an [`Error::Timeout`] of the whole response timeout, like any other; it may still
+    /// run on the server.
+    pub(crate) async fn spend<T>(
+        &mut self,
+        request: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let Some(left) = self.left else {
+            return request.await;
+        };
+        if left.is_zero() {
+            return Err(Error::Timeout(self.timeout));
+        }
+        let start = Instant::now();
+        let result = match tokio::time::timeout(left, request).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        };
+        self.left = Some(left.saturating_sub(start.elapsed()));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_share_one_timeout() {
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let mut budget = Budget::after(Some(Duration::from_millis(100)), started);
+        let slow = |ms| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Error>(ms)
+        };
+        assert_eq!(budget.spend(slow(30)).await.unwrap(), 30);
+        assert!(!budget.is_spent());
+        // 30 ms are left: a 50 ms request is cut short at 30 ms.
+        let before = tokio::time::Instant::now();
+        let cut = budget.spend(slow(50)).await;
+        assert!(matches!(cut, Err(Error::Timeout(t)) if t == Duration::from_millis(100)));
+        assert_eq!(before.elapsed(), Duration::from_millis(30));
+        assert!(budget.is_spent());
+        assert!(matches!(
+            budget.spend(slow(0)).await,
+            Err(Error::Timeout(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_timeout_no_limit() {
+        let mut budget = Budget::after(None, Instant::now());
+        assert!(!budget.is_spent());
+        assert_eq!(budget.spend(async { Ok::<_, Error>(7) }).await.unwrap(), 7);
+    }
+}
