@@ -762,7 +762,12 @@ impl Cache {
             std::iter::repeat_with(|| None).take(keys.len()).collect();
         let mut missing: Vec<(usize, bool)> = Vec::new(); // (position, force)
         let mut redis_ok = true;
-        match inner.backend.read_many(&locs).await {
+        let started = tokio::time::Instant::now();
+        let read = inner.backend.read_many(&locs).await;
+        // The lease requests and the fills share what the read left of the response timeout.
+        let mut budget = Budget::after(inner.backend.response_timeout(), started);
+        let timed_out = || Error::Timeout(inner.backend.response_timeout().unwrap_or_default());
+        match read {
             Ok(lookups) => {
                 for (&i, lookup) in unique.iter().zip(lookups) {
                     match lookup {
@@ -797,21 +802,26 @@ impl Cache {
             // multiplexed connection).
             let mut leases: Vec<Option<Token>> = vec![None; missing.len()];
             if redis_ok {
-                let attempts = futures_util::future::join_all(missing.iter().map(|&(i, force)| {
-                    let token = Token::new();
+                let tokens: Vec<Token> = missing.iter().map(|_| Token::new()).collect();
+                let requests = missing.iter().zip(&tokens).map(|(&(i, force), token)| {
                     let loc = rendered[i].loc();
-                    async move {
-                        let r = inner
-                            .backend
-                            .acquire(loc, &token, strategy.lease_ms(), force)
-                            .await;
-                        (token, r)
-                    }
-                }))
-                .await;
+                    inner
+                        .backend
+                        .acquire(loc, token, strategy.lease_ms(), force)
+                });
+                let attempts = match budget
+                    .spend(async { Ok(futures_util::future::join_all(requests).await) })
+                    .await
+                {
+                    Ok(attempts) => attempts,
+                    // Cut short: any of them may still run on the server.
+                    Err(_) => missing.iter().map(|_| Err(timed_out())).collect(),
+                };
                 let mut still_missing = Vec::with_capacity(missing.len());
                 let mut kept_leases = Vec::with_capacity(missing.len());
-                for (&(i, force), (token, result)) in missing.iter().zip(attempts) {
+                for (&(i, force), (token, result)) in
+                    missing.iter().zip(tokens.into_iter().zip(attempts))
+                {
                     match result {
                         Ok(Acquire::Acquired) => {
                             still_missing.push((i, force));
@@ -878,18 +888,23 @@ impl Cache {
                     }
                     values[i] = Some(value);
                 }
-                let results =
-                    futures_util::future::join_all(fills.iter().map(|(i, token, ttl)| {
-                        let payload = payloads[*i].as_ref();
-                        let loc = rendered[*i].loc();
-                        async move {
-                            match payload {
-                                Some(p) => inner.backend.fill(loc, token, p, *ttl).await,
-                                None => Ok(false),
-                            }
+                let requests = fills.iter().map(|(i, token, ttl)| {
+                    let payload = payloads[*i].as_ref();
+                    let loc = rendered[*i].loc();
+                    async move {
+                        match payload {
+                            Some(p) => inner.backend.fill(loc, token, p, *ttl).await,
+                            None => Ok(false),
                         }
-                    }))
-                    .await;
+                    }
+                });
+                let results = match budget
+                    .spend(async { Ok(futures_util::future::join_all(requests).await) })
+                    .await
+                {
+                    Ok(results) => results,
+                    Err(_) => fills.iter().map(|_| Err(timed_out())).collect(),
+                };
                 for ((i, token, _), result) in fills.into_iter().zip(results) {
                     match result {
                         Ok(true) => {}

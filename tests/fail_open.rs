@@ -516,16 +516,28 @@ async fn slow_proxy(target: u16, delay: Duration) -> u16 {
             tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
             });
+            // Each chunk is passed on `delay` after it arrived, not after the previous one:
+            // latency, not a slower line.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
             tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                use tokio::io::AsyncReadExt;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
-                    let n = match server_read.read(&mut buf).await {
+                    match server_read.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    tokio::time::sleep(delay).await;
-                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        Ok(n) => {
+                            if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Some((arrived, bytes)) = rx.recv().await {
+                    tokio::time::sleep_until((arrived + delay).into()).await;
+                    if client_write.write_all(&bytes).await.is_err() {
                         return;
                     }
                 }
@@ -564,7 +576,10 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
             Err(e) => panic!("the slow Redis never answered a ping: {e}"),
         }
     };
-    assert!(took >= delay, "the proxy did not delay the reply ({took:?})");
+    assert!(
+        took >= delay,
+        "the proxy did not delay the reply ({took:?})"
+    );
 
     let mut worst = Duration::ZERO;
     for id in 1..=5 {
@@ -577,4 +592,27 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
          {RESPONSE:?}, loader {LOADER:?})"
     );
     assert_eq!(h.calls.load(Ordering::SeqCst), 5, "every cold fetch loaded");
+
+    // fetch_many: the read, the lease requests and the fills share the timeout too. (After
+    // the retry interval, in case a timeout above opened the breaker.)
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let keys: Vec<ItemKey> = (100..110).map(|item_id| ItemKey { item_id }).collect();
+    let started = Instant::now();
+    let got = h
+        .cache
+        .fetch_many(&ITEM, &keys, |missing: Vec<ItemKey>| async move {
+            tokio::time::sleep(LOADER).await;
+            Ok::<_, Error>(missing.iter().map(|k| item(k.item_id)).collect())
+        })
+        .await
+        .expect("fetch_many fails open");
+    let took = started.elapsed();
+    assert_eq!(
+        got,
+        keys.iter().map(|k| item(k.item_id)).collect::<Vec<_>>()
+    );
+    assert!(
+        took <= RESPONSE + LOADER + Duration::from_millis(40),
+        "a cold fetch_many took {took:?} against a Redis answering in {delay:?}"
+    );
 }
