@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole cacheobj test suite against throwaway Redis servers.
 #
-# Usage: bash scripts/test.sh [extra args for `cargo test --workspace --lib --bins --tests --examples`]
+# Usage: bash scripts/test.sh              the whole suite (lib, bins, tests, examples, doctests)
+#        bash scripts/test.sh ARGS...      only `cargo test ARGS...` (say, `--test batch`),
+#                                          against the same servers
 #
 # Starts, on free loopback ports (never touching any other Redis on the machine):
 #   * a standalone redis-server:     CACHEOBJ_TEST_REDIS_URL, CACHEOBJ_REDIS_SERVER
@@ -419,8 +421,15 @@ export CACHEOBJ_TEST_CA_CERT="$TLS_DIR/ca.crt"
 log "TLS redis-server ready: CACHEOBJ_TEST_TLS_URL=$CACHEOBJ_TEST_TLS_URL CACHEOBJ_TEST_CA_CERT=$CACHEOBJ_TEST_CA_CERT"
 
 # --- 5. tests ---------------------------------------------------------------
-log "running: cargo test --workspace --lib --bins --tests --examples $*"
-cargo test --workspace --lib --bins --tests --examples "$@"
+if [ "$#" -gt 0 ]; then
+    log "running: cargo test $*"
+    cargo test "$@"
+    log "selected tests passed"
+    exit 0
+fi
+
+log "running: cargo test --workspace --lib --bins --tests --examples"
+cargo test --workspace --lib --bins --tests --examples
 
 log "running: cargo test --workspace --doc"
 cargo test --workspace --doc

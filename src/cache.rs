@@ -746,36 +746,37 @@ impl Cache {
                 return check_len(values, keys.len());
             }
         };
-        // The first position of each distinct entry; duplicates point at it.
-        let mut first_of: std::collections::HashMap<(&[u8], &[u8]), usize> =
-            std::collections::HashMap::with_capacity(keys.len());
-        let origin: Vec<usize> = rendered
-            .iter()
-            .enumerate()
-            .map(|(i, r)| *first_of.entry((&r.key[..], &r.field[..])).or_insert(i))
-            .collect();
-        let unique: Vec<usize> = (0..keys.len()).filter(|&i| origin[i] == i).collect();
-        let locs: Vec<Loc<'_>> = unique.iter().map(|&i| rendered[i].loc()).collect();
-
+        let locs: Vec<Loc<'_>> = rendered.iter().map(Rendered::loc).collect();
         let mut values: Vec<Option<V>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
+        // Payloads of what was loaded, for duplicates of missing keys to decode.
         let mut payloads: Vec<Option<Payload>> =
             std::iter::repeat_with(|| None).take(keys.len()).collect();
         let mut missing: Vec<(usize, bool)> = Vec::new(); // (position, force)
         let mut redis_ok = true;
         let started = tokio::time::Instant::now();
-        let read = inner.backend.read_many(&locs).await;
+        // Duplicates are read like any key (MGET repeats the value), so the all-hit path
+        // needs no de-duplication.
+        let read = match inner.backend.read_many(&locs).await {
+            Ok(lookups) if lookups.len() != locs.len() => {
+                Err(Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "read_many: reply length mismatch",
+                ))))
+            }
+            other => other,
+        };
         // The lease requests and the fills share what the read left of the response timeout.
         let mut budget = Budget::after(inner.backend.response_timeout(), started);
         let timed_out = || Error::Timeout(inner.backend.response_timeout().unwrap_or_default());
         match read {
             Ok(lookups) => {
-                for (&i, lookup) in unique.iter().zip(lookups) {
+                let mut hits = 0;
+                for (i, lookup) in lookups.into_iter().enumerate() {
                     match lookup {
                         Lookup::Hit(payload) => match V::decode(&payload, codec) {
                             Ok(v) => {
-                                bump(&inner.counters.hits);
+                                hits += 1;
                                 values[i] = Some(v);
-                                payloads[i] = Some(payload);
                             }
                             Err(e) => {
                                 inner.undecodable(&rendered[i].key, &e);
@@ -789,12 +790,30 @@ impl Cache {
                         Lookup::Miss | Lookup::Leased => missing.push((i, false)),
                     }
                 }
+                inner
+                    .counters
+                    .hits
+                    .fetch_add(hits, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 inner.fault(&e);
                 redis_ok = false;
-                missing = unique.iter().map(|&i| (i, false)).collect();
+                missing = (0..keys.len()).map(|i| (i, false)).collect();
             }
+        }
+        // A missing key that appears more than once is loaded once: later positions point at
+        // the first, and decode its payload at the end.
+        let mut origin: Vec<usize> = (0..keys.len()).collect();
+        if missing.len() > 1 {
+            let mut first_of: HashMap<(&[u8], &[u8]), usize> =
+                HashMap::with_capacity(missing.len());
+            missing.retain(|&(i, _)| {
+                let first = *first_of
+                    .entry((&rendered[i].key[..], &rendered[i].field[..]))
+                    .or_insert(i);
+                origin[i] = first;
+                first == i
+            });
         }
 
         if !missing.is_empty() {
