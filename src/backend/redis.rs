@@ -779,6 +779,10 @@ impl RedisBackend {
                 }
             };
             deliver(batch.reads, replies);
+            // Let the tasks just woken run first: those that read again join the next batch
+            // instead of trailing it in a batch of their own (fewer, fuller round trips;
+            // measured ~10 % more hits/s at 64 tasks).
+            tokio::task::yield_now().await;
             match batcher.next_or_release() {
                 Some(next) => batch = next,
                 None => return,
