@@ -376,7 +376,10 @@ impl Cache {
         config.check_limits()?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
+            // The backend bounds every request with its own timer, which also covers waiting
+            // for a reconnect; a second timer per request inside redis-rs would only cost
+            // (about 1,000 instructions per hit, measured with callgrind).
+            .set_response_timeout(None)
             .set_number_of_retries(0);
         let manager =
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
