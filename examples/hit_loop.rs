@@ -1,0 +1,108 @@
+//! A loop of cache hits, for profilers and instruction counters: `fetch` of 1000 pre-filled
+//! items, or the same reads written by hand with redis-rs (GET + rmp-serde decode), from
+//! `HIT_LOOP_TASKS` tasks (default 1), `HIT_LOOP_HITS` hits each (default 100,000). Prints
+//! the hits and the time they took. Needs a Redis at `HIT_LOOP_URL`; `scripts/instructions_per_hit.sh` starts a
+//! throwaway one and counts instructions per hit with callgrind.
+//!
+//! ```text
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- cacheobj
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- raw
+//! ```
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cacheobj::{Cache, CacheConfig};
+use cacheobj_strategies::{Item, ItemKey, ITEM};
+
+const ITEMS: u64 = 1000;
+const PREFIX: &str = "hit_loop:";
+
+fn env_or(name: &str, default: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v.trim().parse()?),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("HIT_LOOP_URL")
+        .map_err(|_| "set HIT_LOOP_URL to a Redis this loop may write hit_loop:* keys to")?;
+    let raw_mode = match std::env::args().nth(1).as_deref() {
+        None | Some("cacheobj") => false,
+        Some("raw") => true,
+        Some(other) => return Err(format!("unknown mode {other:?}: cacheobj or raw").into()),
+    };
+    let tasks = env_or("HIT_LOOP_TASKS", 1)?;
+    let per_task = env_or("HIT_LOOP_HITS", 100_000)?;
+
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .url(url.clone())
+            .prefix(PREFIX)
+            .build(),
+    )
+    .await?;
+    cache.ping().await?;
+    for item_id in 1..=ITEMS {
+        let item = Item {
+            id: item_id,
+            name: format!("item #{item_id}"),
+        };
+        cache
+            .fetch(&ITEM, &ItemKey { item_id }, || async move {
+                Ok::<_, Infallible>(item)
+            })
+            .await?;
+    }
+    let raw = redis::Client::open(url.as_str())?
+        .get_connection_manager()
+        .await?;
+
+    let hits = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (cache, hits, mut conn) = (cache.clone(), hits.clone(), raw.clone());
+        handles.push(tokio::spawn(async move {
+            let mut i = task * 7919;
+            let mut n = 0;
+            while n < per_task {
+                let item_id = i % ITEMS + 1;
+                let item: Item = if raw_mode {
+                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(format!("{PREFIX}item:{item_id}"))
+                        .query_async(&mut conn)
+                        .await?;
+                    rmp_serde::from_slice(&bytes.ok_or("a hit loop missed")?)?
+                } else {
+                    cache
+                        .fetch(&ITEM, &ItemKey { item_id }, || async {
+                            Err::<Item, _>("a hit loop missed")
+                        })
+                        .await?
+                };
+                std::hint::black_box(item);
+                i += 1;
+                n += 1;
+            }
+            hits.fetch_add(n, Ordering::Relaxed);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        }));
+    }
+    for handle in handles {
+        handle.await?.map_err(|e| e.to_string())?;
+    }
+    let mode = if raw_mode { "raw" } else { "cacheobj" };
+    let hits = hits.load(Ordering::Relaxed);
+    let took = started.elapsed();
+    println!(
+        "{mode} tasks {tasks} hits {hits} in {:.2} s ({:.0} hits/s)",
+        took.as_secs_f64(),
+        hits as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}

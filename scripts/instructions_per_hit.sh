@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Client instructions per cache hit, cacheobj `fetch` against hand-written redis-rs
+# (GET + rmp-serde decode), counted with callgrind: repeatable whatever else the machine is
+# doing, unlike timings. Each mode runs twice (10,000 and 30,000 hits under valgrind); the
+# difference between the runs cancels start-up and pre-filling, leaving 20,000 hits.
+#
+# Usage: bash scripts/instructions_per_hit.sh        (needs valgrind and redis-server)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
+
+cargo build --release --example hit_loop
+bin=target/release/examples/hit_loop
+
+port=""
+for candidate in $(seq 21000 21100); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+        port=$candidate
+        break
+    fi
+done
+[ -n "$port" ] || { echo "no free loopback port in 21000-21100" >&2; exit 1; }
+dir=$(mktemp -d)
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    --daemonize yes --pidfile "$dir/redis.pid" >/dev/null
+trap 'kill "$(cat "$dir/redis.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+count() { # mode hits -> "instructions hits"
+    local out
+    out=$(HIT_LOOP_URL="redis://127.0.0.1:$port" HIT_LOOP_HITS=$2 \
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" 2>&1)
+    local ir hits
+    ir=$(printf '%s\n' "$out" | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+    hits=$(printf '%s\n' "$out" | sed -n 's/.* hits \([0-9]*\) in .*/\1/p')
+    echo "$ir $hits"
+}
+
+declare -A per_hit
+for mode in cacheobj raw; do
+    read -r ir1 hits1 < <(count "$mode" 10000)
+    read -r ir2 hits2 < <(count "$mode" 30000)
+    per_hit[$mode]=$(( (ir2 - ir1) / (hits2 - hits1) ))
+    echo "$mode: $ir1 instructions / $hits1 hits, $ir2 / $hits2 -> ${per_hit[$mode]} per hit"
+done
+awk -v a="${per_hit[cacheobj]}" -v b="${per_hit[raw]}" \
+    'BEGIN { printf "ratio instructions_per_hit_vs_raw %.3f  # cacheobj / redis-rs by hand, lower is better\n", a / b }'
