@@ -2,6 +2,7 @@
 //! moka, and `redis-benchmark`, in one run against one throwaway `redis-server`.
 //!
 //! ```text
+//! bash scripts/bench.sh                # on a fresh machine: installs redis-server, then:
 //! cargo bench --bench side_by_side
 //! BENCH_ROUNDS=9 BENCH_RUN_MS=600 cargo bench --bench side_by_side
 //! ```

@@ -13,53 +13,14 @@
 # runs the tests, and stops every server (removing the temp dir) on exit.
 set -euo pipefail
 
-log() { printf 'test.sh: %s\n' "$*" >&2; }
-die() { printf 'test.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+SCRIPT=test.sh
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- 1. redis-server / redis-cli / openssl -----------------------------------
-# apt_get_cmd WHAT: sets APT to `apt-get` (as root) or `sudo -n apt-get`; dies naming WHAT
-# when neither is possible.
-apt_get_cmd() {
-    local what=$1
-    APT=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            APT=(sudo -n)
-        else
-            die "$what is not installed, we are not root and sudo is unavailable: install $what manually"
-        fi
-    fi
-    command -v apt-get >/dev/null 2>&1 \
-        || die "$what is not installed and apt-get is unavailable: install $what manually"
-    APT+=(apt-get)
-}
-
-if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
-    log "using $(command -v redis-server) ($(redis-server --version | head -n1))"
-else
-    log "redis-server/redis-cli not found; installing the redis-server package with apt-get"
-    SUDO=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            SUDO=(sudo -n)
-        else
-            die "redis-server is not installed, we are not root and sudo is unavailable: install redis-server (which provides redis-cli) manually"
-        fi
-    fi
-    command -v apt-get >/dev/null 2>&1 \
-        || die "redis-server is not installed and apt-get is unavailable: install redis-server (and redis-cli) manually"
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get update \
-        || die "'apt-get update' failed; cannot install redis-server"
-    "${SUDO[@]}" apt-get install -y --no-install-recommends redis-server \
-        || die "'apt-get install -y redis-server' failed; install redis-server manually"
-    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-        die "redis-server/redis-cli still not on PATH after installing the redis-server package"
-    fi
-    log "installed $(command -v redis-server) ($(redis-server --version | head -n1))"
-fi
+ensure_redis_server
 
 if command -v openssl >/dev/null 2>&1; then
     log "using $(command -v openssl) ($(openssl version | head -n1))"

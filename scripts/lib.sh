@@ -1,0 +1,42 @@
+# Shared by scripts/test.sh and scripts/bench.sh: logging, and installing redis-server on a
+# machine that has nothing. Set SCRIPT to the caller's name before sourcing.
+
+log() { printf '%s: %s\n' "$SCRIPT" "$*" >&2; }
+die() { printf '%s: ERROR: %s\n' "$SCRIPT" "$*" >&2; exit 1; }
+
+# apt_get_cmd WHAT: sets APT to `apt-get` (as root) or `sudo -n apt-get`; dies naming WHAT
+# when neither is possible.
+apt_get_cmd() {
+    local what=$1
+    APT=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            APT=(sudo -n)
+        else
+            die "$what is not installed, we are not root and sudo is unavailable: install $what manually"
+        fi
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "$what is not installed and apt-get is unavailable: install $what manually"
+    APT+=(apt-get)
+}
+
+# ensure_redis_server: redis-server and redis-cli (and redis-benchmark, same package) on PATH,
+# installed with apt-get when missing.
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+        log "using $(command -v redis-server) ($(redis-server --version | head -n1))"
+        return 0
+    fi
+    log "redis-server/redis-cli not found; installing the redis-server package with apt-get"
+    apt_get_cmd "redis-server (which provides redis-cli)"
+    export DEBIAN_FRONTEND=noninteractive
+    "${APT[@]}" update \
+        || die "'apt-get update' failed; cannot install redis-server"
+    "${APT[@]}" install -y --no-install-recommends redis-server \
+        || die "'apt-get install -y redis-server' failed; install redis-server manually"
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        die "redis-server/redis-cli still not on PATH after installing the redis-server package"
+    fi
+    log "installed $(command -v redis-server) ($(redis-server --version | head -n1))"
+}
