@@ -9,7 +9,7 @@
 //!
 //! It starts its own `redis-server` on a free loopback port (`$CACHEOBJ_REDIS_SERVER`, else
 //! `redis-server` on PATH; never the machine's Redis) and kills it at the end. Every contender
-//! runs for `BENCH_RUN_MS` (default 250 ms) in each of `BENCH_ROUNDS` rounds (default 11); the
+//! runs for `BENCH_RUN_MS` (default 250 ms) in each of `BENCH_ROUNDS` rounds (default 21); the
 //! order of the contenders rotates from round to round. The table prints medians across rounds.
 //! Each `ratio` line is the median of per-round ratios: the contenders of a round run next to
 //! each other, so a ratio compares them under the same machine load, and the median drops the
@@ -580,7 +580,7 @@ fn summarize(runs: &[RunStats]) -> Summary {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
-    let rounds = env_number("BENCH_ROUNDS", 11).max(1);
+    let rounds = env_number("BENCH_ROUNDS", 21).max(1);
     let run_ms = env_number("BENCH_RUN_MS", 250).max(10);
     let server = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
