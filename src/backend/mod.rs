@@ -2,6 +2,7 @@
 //! single-key operations with the same semantics; see `FORMAT.md` for the stored layout.
 
 mod batch;
+mod breaker;
 mod memory;
 mod redis;
 

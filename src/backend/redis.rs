@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -12,6 +12,9 @@ use redis::aio::{
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 
 use super::batch::{deliver, Batch, Failure, ReadBatcher, Turn};
+#[cfg(feature = "cluster")]
+use super::breaker::slot;
+use super::breaker::{now_ms, Breaker, Scope};
 use super::{is_lease, Acquire, Loc, Lookup, Token};
 use crate::error::{is_connection_error, Error};
 use crate::kind::Shape;
@@ -110,43 +113,6 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// Stops requests from waiting on a Redis that just failed: after a connection error or a
-/// timeout, requests fail at once until the retry interval has passed.
-#[derive(Debug)]
-struct Breaker {
-    open_until_ms: AtomicU64,
-    retry_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-impl Breaker {
-    fn is_open(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
-    }
-
-    fn trip(&self, error: &Error) {
-        let was = self
-            .open_until_ms
-            .swap(now_ms().saturating_add(self.retry_ms), Ordering::Relaxed);
-        if was == 0 {
-            tracing::warn!(%error, retry_in_ms = self.retry_ms, "cacheobj: redis failed; requests skip it until it is retried");
-        }
-    }
-
-    fn close(&self) {
-        if self.open_until_ms.load(Ordering::Relaxed) != 0
-            && self.open_until_ms.swap(0, Ordering::Relaxed) != 0
-        {
-            tracing::info!("cacheobj: redis answers again");
-        }
-    }
-}
-
 /// How to build a fresh connection manager: after a failure that the manager does not recover
 /// from by itself (it reconnects after I/O errors only; a refused login stays refused).
 #[derive(Clone)]
@@ -162,6 +128,8 @@ pub(crate) struct RedisBackend {
     last_rebuild_ms: Arc<AtomicU64>,
     timeout: Duration,
     breaker: Arc<Breaker>,
+    /// A lookup of which cluster node serves a failed key is under way.
+    node_lookup: Arc<std::sync::atomic::AtomicBool>,
     /// Coalesces concurrent GETs into MGETs; not on a cluster, where MGET splits by slot.
     batcher: Option<Arc<ReadBatcher<Value>>>,
 }
@@ -489,6 +457,40 @@ return 1
 
 /// `NAME key [field]`, built in place (`redis::cmd(..).arg(..)` returns a reference, and
 /// cloning the command would copy its buffers).
+/// From a `CLUSTER SLOTS` reply, every slot range served by the master that serves `slot`
+/// (none if the reply does not say).
+#[cfg(feature = "cluster")]
+fn node_ranges(reply: &Value, slot: u16) -> Vec<(u16, u16)> {
+    // Each entry: [start, end, [host, port, id, ...], replicas...].
+    let entries: Vec<(u16, u16, &[Value])> = match reply {
+        Value::Array(entries) => entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Value::Array(fields) if fields.len() >= 3 => {
+                    let start = into_i64(&fields[0]).and_then(|n| u16::try_from(n).ok())?;
+                    let end = into_i64(&fields[1]).and_then(|n| u16::try_from(n).ok())?;
+                    let master = match &fields[2] {
+                        // Host and port.
+                        Value::Array(node) if node.len() >= 2 => &node[..2],
+                        _ => return None,
+                    };
+                    Some((start, end, master))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let Some((_, _, failed)) = entries.iter().find(|(s, e, _)| (*s..=*e).contains(&slot)) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter(|(_, _, master)| master == failed)
+        .map(|&(s, e, _)| (s, e))
+        .collect()
+}
+
 fn key_cmd(name: &str, key: &[u8], field: Option<&[u8]>) -> Cmd {
     let mut cmd = redis::cmd(name);
     cmd.arg(key);
@@ -590,20 +592,18 @@ impl RedisBackend {
         retry_interval: Duration,
     ) -> Self {
         #[cfg(feature = "cluster")]
-        let batcher = (!matches!(conn, RedisConn::Cluster(_)))
-            .then(|| Arc::new(ReadBatcher::new(READS_IN_FLIGHT)));
+        let is_cluster = matches!(conn, RedisConn::Cluster(_));
         #[cfg(not(feature = "cluster"))]
-        let batcher = Some(Arc::new(ReadBatcher::new(READS_IN_FLIGHT)));
+        let is_cluster = false;
+        let batcher = (!is_cluster).then(|| Arc::new(ReadBatcher::new(READS_IN_FLIGHT)));
         RedisBackend {
             batcher,
             conn: Arc::new(RwLock::new(conn)),
             rebuild: rebuild.map(Arc::new),
             last_rebuild_ms: Arc::new(AtomicU64::new(0)),
             timeout,
-            breaker: Arc::new(Breaker {
-                open_until_ms: AtomicU64::new(0),
-                retry_ms: retry_interval.as_millis().max(1) as u64,
-            }),
+            breaker: Arc::new(Breaker::new(is_cluster, retry_interval)),
+            node_lookup: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -626,7 +626,7 @@ impl RedisBackend {
         }
         let now = now_ms();
         let last = self.last_rebuild_ms.load(Ordering::Relaxed);
-        if last != 0 && now < last.saturating_add(self.breaker.retry_ms) {
+        if last != 0 && now < last.saturating_add(self.breaker.retry_ms()) {
             return;
         }
         self.last_rebuild_ms.store(now.max(1), Ordering::Relaxed);
@@ -646,15 +646,96 @@ impl RedisBackend {
     /// After a timeout or connection failure on a cluster, starts over with a fresh cluster
     /// connection, at most once per retry interval.
     fn maybe_reset_cluster(&self) {
+        // One node down opens its own slots only (a third of them with three masters): that is
+        // the node, and a fresh connection would not help. More than half open means the
+        // connection itself is stuck.
+        // (A stuck connection also fails the node lookup: see `trip_node_of`.)
         #[cfg(feature = "cluster")]
+        if self.breaker.open_share() > 0.5 {
+            self.reset_cluster();
+        }
+    }
+
+    /// Drops the cluster connection so the next request makes a fresh one, at most once per
+    /// retry interval.
+    #[cfg(feature = "cluster")]
+    fn reset_cluster(&self) {
         if let RedisConn::Cluster(lazy) = &*self.conn.read().unwrap_or_else(|e| e.into_inner()) {
             let now = now_ms();
             let last = self.last_rebuild_ms.load(Ordering::Relaxed);
-            if last == 0 || now >= last.saturating_add(self.breaker.retry_ms) {
+            if last == 0 || now >= last.saturating_add(self.breaker.retry_ms()) {
                 self.last_rebuild_ms.store(now.max(1), Ordering::Relaxed);
                 lazy.reset();
             }
         }
+    }
+
+    /// On a cluster, after a request for a key failed: finds the node that serves the key
+    /// (`CLUSTER SLOTS`, in the background, one lookup at a time) and opens the breaker for all
+    /// of its slots, so its other keys skip Redis at once instead of each slot paying a
+    /// timeout first.
+    fn trip_node_of(&self, scope: Scope<'_>) {
+        #[cfg(feature = "cluster")]
+        {
+            let Scope::Key(key) = scope else {
+                return;
+            };
+            if !matches!(
+                &*self.conn.read().unwrap_or_else(|e| e.into_inner()),
+                RedisConn::Cluster(_)
+            ) {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            if self.node_lookup.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let backend = self.clone();
+            let slot = slot(key);
+            runtime.spawn(async move {
+                // A few tries: the lookup may itself be sent to the failed node. If none is
+                // answered, the cluster connection itself is likely stuck (redis-rs's can stay
+                // wedged after a master dies under load): start over with a fresh one.
+                let mut found = false;
+                // Ask nodes far from the failed slot (another node, when slots are spread
+                // evenly), not a random one, which may be the failed node itself.
+                for offset in [8192u32, 5461, 10923] {
+                    if let Some(reply) = backend.cluster_slots_via(slot, offset).await {
+                        backend.breaker.trip_slots(&node_ranges(&reply, slot));
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    backend.reset_cluster();
+                }
+                backend.node_lookup.store(false, Ordering::Release);
+            });
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = scope;
+    }
+
+    /// `CLUSTER SLOTS`, sent to the master of slot `slot + offset`.
+    #[cfg(feature = "cluster")]
+    async fn cluster_slots_via(&self, slot: u16, offset: u32) -> Option<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+        let RedisConn::Cluster(lazy) = self.conn() else {
+            return None;
+        };
+        let target = Slot::new(((u32::from(slot) + offset) % 16384) as u16)?;
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+            Route::with_slot(target, SlotAddr::Master),
+        ));
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let request = async move {
+            let mut conn = lazy.get().await?;
+            conn.route_command(cmd, routing).await
+        };
+        tokio::time::timeout(self.timeout, request).await.ok()?.ok()
     }
 
     fn classify(&self, e: redis::RedisError) -> Error {
@@ -666,26 +747,31 @@ impl RedisBackend {
     }
 
     /// Runs one request, bounded by the response timeout and skipped while the breaker is open.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    async fn run<T, F, Fut>(&self, scope: Scope<'_>, f: F) -> Result<T, Error>
     where
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if self.breaker.is_open() {
+        if self.breaker.is_open(scope) {
             return Err(Error::Unavailable);
         }
-        self.run_unchecked(self.timeout, f).await
+        self.run_unchecked(scope, self.timeout, f).await
     }
 
     /// Runs one request bounded by `timeout`, even while the breaker is open.
-    async fn run_unchecked<T, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, Error>
+    async fn run_unchecked<T, F, Fut>(
+        &self,
+        scope: Scope<'_>,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, Error>
     where
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         match tokio::time::timeout(timeout, f(self.conn())).await {
             Ok(Ok(v)) => {
-                self.breaker.close();
+                self.breaker.close(scope);
                 Ok(v)
             }
             Ok(Err(e)) => {
@@ -693,14 +779,16 @@ impl RedisBackend {
                     is_connection_error(&e) || e.kind() == redis::ErrorKind::AuthenticationFailed;
                 let error = self.classify(e);
                 if failed || matches!(error, Error::Timeout(_)) {
-                    self.breaker.trip(&error);
+                    self.breaker.trip(scope, &error);
+                    self.trip_node_of(scope);
                     self.maybe_reset_cluster();
                 }
                 Err(error)
             }
             Err(_) => {
                 let error = Error::Timeout(timeout);
-                self.breaker.trip(&error);
+                self.breaker.trip(scope, &error);
+                self.trip_node_of(scope);
                 self.maybe_reset_cluster();
                 Err(error)
             }
@@ -719,14 +807,14 @@ impl RedisBackend {
         if loc.shape == Shape::Hash {
             let mut invocation = HASH_RELEASE.key(loc.key);
             invocation.arg(loc.field).arg(token.as_str());
-            self.run_unchecked(within, |mut c| async move {
+            self.run_unchecked(Scope::Key(loc.key), within, |mut c| async move {
                 invocation.invoke_async::<Value>(&mut c).await
             })
             .await?;
         } else {
             let mut invocation = RELEASE.key(loc.key);
             invocation.arg(token.marker());
-            self.run_unchecked(within, |mut c| async move {
+            self.run_unchecked(Scope::Key(loc.key), within, |mut c| async move {
                 invocation.invoke_async::<Value>(&mut c).await
             })
             .await?;
@@ -734,9 +822,11 @@ impl RedisBackend {
         Ok(())
     }
 
-    async fn cmd(&self, cmd: Cmd) -> Result<Value, Error> {
-        self.run(|mut c| async move { cmd.query_async::<Value>(&mut c).await })
-            .await
+    async fn cmd(&self, scope: Scope<'_>, cmd: Cmd) -> Result<Value, Error> {
+        self.run(scope, |mut c| async move {
+            cmd.query_async::<Value>(&mut c).await
+        })
+        .await
     }
 
     async fn script(
@@ -747,8 +837,10 @@ impl RedisBackend {
     ) -> Result<Value, Error> {
         let mut invocation = script.key(key);
         args(&mut invocation);
-        self.run(|mut c| async move { invocation.invoke_async::<Value>(&mut c).await })
-            .await
+        self.run(Scope::Key(key), |mut c| async move {
+            invocation.invoke_async::<Value>(&mut c).await
+        })
+        .await
     }
 
     /// Sends batches of queued reads until no more queue up, then frees the slot. Each batch
@@ -758,7 +850,7 @@ impl RedisBackend {
             let left = self.timeout.saturating_sub(batch.oldest.elapsed());
             let replies = if left.is_zero() {
                 Err(Failure::Timeout)
-            } else if self.breaker.is_open() {
+            } else if self.breaker.is_open(Scope::Any) {
                 Err(Failure::Unavailable)
             } else {
                 let mut cmd = redis::cmd("MGET");
@@ -766,7 +858,7 @@ impl RedisBackend {
                     cmd.arg(&key[..]);
                 }
                 let reply = self
-                    .run_unchecked(left, |mut c| async move {
+                    .run_unchecked(Scope::Any, left, |mut c| async move {
                         cmd.query_async::<Value>(&mut c).await
                     })
                     .await;
@@ -793,9 +885,9 @@ impl RedisBackend {
     /// GET through the batcher: at once when a slot is free, else in the next MGET.
     async fn get(&self, key: &[u8]) -> Result<Value, Error> {
         let Some(batcher) = &self.batcher else {
-            return self.cmd(key_cmd("GET", key, None)).await;
+            return self.cmd(Scope::Key(key), key_cmd("GET", key, None)).await;
         };
-        if self.breaker.is_open() {
+        if self.breaker.is_open(Scope::Key(key)) {
             return Err(Error::Unavailable);
         }
         match batcher.turn(key) {
@@ -804,7 +896,7 @@ impl RedisBackend {
                     backend: self,
                     batcher,
                 };
-                self.cmd(key_cmd("GET", key, None)).await
+                self.cmd(Scope::Key(key), key_cmd("GET", key, None)).await
             }
             // No timer here: the batch that carries this read ends within the response
             // timeout of its arrival (see `run_batches`).
@@ -828,7 +920,13 @@ impl RedisBackend {
                 Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
                 Err(e) => Err(e),
             },
-            Shape::Hash => match self.cmd(key_cmd("HGET", loc.key, Some(loc.field))).await {
+            Shape::Hash => match self
+                .cmd(
+                    Scope::Key(loc.key),
+                    key_cmd("HGET", loc.key, Some(loc.field)),
+                )
+                .await
+            {
                 Ok(v) => Ok(string_lookup(v)),
                 Err(Error::Redis(e)) if is_wrong_type(&e) => Ok(Lookup::Garbage),
                 Err(e) => Err(e),
@@ -853,7 +951,9 @@ impl RedisBackend {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(loc.key).cmd("PTTL").arg(loc.key);
         let replies = self
-            .run(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
+            .run(Scope::Key(loc.key), |mut c| async move {
+                pipe.query_async::<Vec<Value>>(&mut c).await
+            })
             .await?;
         let mut replies = replies.into_iter();
         let value = replies.next().unwrap_or(Value::Nil);
@@ -971,11 +1071,12 @@ impl RedisBackend {
         } else {
             key_cmd("DEL", loc.key, None)
         };
-        match self.cmd(cmd).await {
+        match self.cmd(Scope::Key(loc.key), cmd).await {
             Err(Error::Redis(e)) if is_wrong_type(&e) => {
                 // A hash strategy's key holds another type: nothing of ours is there, but
                 // remove it so nothing stale can be read either.
-                self.cmd(key_cmd("DEL", loc.key, None)).await?;
+                self.cmd(Scope::Key(loc.key), key_cmd("DEL", loc.key, None))
+                    .await?;
                 Ok(())
             }
             other => other.map(|_| ()),
@@ -1020,7 +1121,7 @@ impl RedisBackend {
         if ttl_ms > 0 {
             cmd.arg("PX").arg(ttl_ms);
         }
-        self.cmd(cmd).await.map(|_| ())
+        self.cmd(Scope::Key(loc.key), cmd).await.map(|_| ())
     }
 
     pub(crate) async fn push(&self, loc: Loc<'_>, elems: &[Vec<u8>]) -> Result<Option<u64>, Error> {
@@ -1085,7 +1186,7 @@ impl RedisBackend {
             for loc in locs {
                 cmd.arg(loc.key);
             }
-            match self.cmd(cmd).await? {
+            match self.cmd(Scope::Keys(locs), cmd).await? {
                 Value::Array(items) => items,
                 _ => return Err(unexpected("MGET reply")),
             }
@@ -1097,7 +1198,7 @@ impl RedisBackend {
                     Shape::Hash => key_cmd("HGET", loc.key, Some(loc.field)),
                     _ => key_cmd("GET", loc.key, None),
                 };
-                self.cmd(cmd)
+                self.cmd(Scope::Key(loc.key), cmd)
             }))
             .await;
             replies
@@ -1130,7 +1231,7 @@ impl RedisBackend {
 
     pub(crate) async fn ping(&self) -> Result<(), Error> {
         // A ping goes through even while the breaker is open: it is how callers check.
-        self.run_unchecked(self.timeout, |mut c| async move {
+        self.run_unchecked(Scope::Any, self.timeout, |mut c| async move {
             redis::cmd("PING").query_async::<Value>(&mut c).await
         })
         .await
@@ -1157,5 +1258,31 @@ mod tests {
             Lookup::Leased
         ));
         assert!(opt_u64(Value::Okay).is_err());
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn a_nodes_slot_ranges_come_from_cluster_slots() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let entry = |s: i64, e: i64, master: Value| {
+            Value::Array(vec![Value::Int(s), Value::Int(e), master])
+        };
+        let reply = Value::Array(vec![
+            entry(0, 100, node("10.0.0.1", 6379)),
+            entry(101, 200, node("10.0.0.2", 6379)),
+            entry(201, 300, node("10.0.0.1", 6379)),
+            entry(301, 16383, node("10.0.0.3", 6379)),
+            Value::Nil, // garbage entries are skipped
+        ]);
+        assert_eq!(node_ranges(&reply, 250), vec![(0, 100), (201, 300)]);
+        assert_eq!(node_ranges(&reply, 150), vec![(101, 200)]);
+        assert_eq!(node_ranges(&Value::Nil, 1), vec![]);
+        assert_eq!(node_ranges(&Value::Array(vec![]), 1), vec![]);
     }
 }

@@ -347,6 +347,29 @@ impl RedisCluster {
         node.killed = true;
     }
 
+    /// Freezes the node on `port` (SIGSTOP): its connections stay open, nothing is answered.
+    pub fn pause_port(&self, port: u16) {
+        self.signal_port(port, "STOP");
+    }
+
+    /// Unfreezes the node on `port` (SIGCONT).
+    pub fn resume_port(&self, port: u16) {
+        self.signal_port(port, "CONT");
+    }
+
+    fn signal_port(&self, port: u16, signal: &str) {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port && !n.killed)
+            .unwrap_or_else(|| panic!("no live node of this cluster on port {port}"));
+        let pid = node.child.id();
+        assert!(
+            super::send_signal(pid, signal),
+            "`kill -{signal} {pid}` failed (is the redis-server on port {port} still running?)"
+        );
+    }
+
     /// Waits until every slot is served by a live master and every live node says
     /// `cluster_state:ok`; returns how long that took. Only possible with replicas.
     pub fn wait_for_failover(&self, timeout: Duration) -> Result<Duration, String> {

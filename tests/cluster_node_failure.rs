@@ -1,0 +1,144 @@
+//! One cluster node failing does not stop caching on the others: the breaker that makes
+//! requests skip a failed Redis is kept per group of hash slots on a cluster. A master of a
+//! private 3-master cluster is frozen (SIGSTOP, shorter than `cluster-node-timeout`, so the
+//! cluster does not fail over or go down): fetches of its keys fail open, once after the
+//! response timeout and then at once (the cache looks up the node's slots); fetches of the
+//! other masters' keys stay hits.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cacheobj::{Cache, CacheConfig};
+use cacheobj_strategies::{Item, ItemKey, ITEM};
+use support::cluster::{query, RedisCluster};
+use support::unique_prefix;
+
+const RESPONSE: Duration = Duration::from_millis(100);
+
+fn item(id: u64) -> Item {
+    Item {
+        id,
+        name: format!("item #{id}"),
+    }
+}
+
+async fn fetch(cache: &Cache, loads: &Arc<AtomicUsize>, id: u64) -> Duration {
+    let loads = loads.clone();
+    let started = Instant::now();
+    let got = cache
+        .fetch(&ITEM, &ItemKey { item_id: id }, || async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(item(id))
+        })
+        .await
+        .unwrap_or_else(|never| match never {});
+    assert_eq!(got, item(id));
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_does_not_stop_caching_on_the_others() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
+        .await
+        .expect("start the cluster");
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .nodes(cluster.nodes())
+            .prefix(unique_prefix("node_failure"))
+            .response_timeout(RESPONSE)
+            // Long enough that the frozen node's keys stay skipped for the whole test.
+            .retry_interval(Duration::from_secs(30))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    cache.ping().await.expect("the cluster answers");
+
+    // Which master serves each item's key.
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{}", cluster.describe());
+    let frozen = masters[0].clone();
+    let (mut on_frozen, mut elsewhere) = (Vec::new(), Vec::new());
+    for id in 1..=60u64 {
+        let key = cache
+            .entry_key(&ITEM, &ItemKey { item_id: id })
+            .expect("renders")
+            .key;
+        let slot: i64 = redis::from_redis_value(
+            query(frozen.port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
+                .expect("CLUSTER KEYSLOT"),
+        )
+        .expect("a slot number");
+        let served_by_frozen = frozen
+            .slots
+            .iter()
+            .any(|&(lo, hi)| (i64::from(lo)..=i64::from(hi)).contains(&slot));
+        if served_by_frozen {
+            on_frozen.push(id);
+        } else {
+            elsewhere.push(id);
+        }
+    }
+    assert!(
+        on_frozen.len() >= 5 && elsewhere.len() >= 10,
+        "keys not spread over the masters: {} on the frozen one, {} elsewhere",
+        on_frozen.len(),
+        elsewhere.len()
+    );
+
+    let loads = Arc::new(AtomicUsize::new(0));
+    for &id in on_frozen.iter().chain(&elsewhere) {
+        fetch(&cache, &loads, id).await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 60, "the first fetches load");
+
+    cluster.pause_port(frozen.port);
+    let outcome = async {
+        // The frozen master's key: one response timeout, then the loader.
+        let first = fetch(&cache, &loads, on_frozen[0]).await;
+        // The other masters' keys: still hits.
+        let before = loads.load(Ordering::SeqCst);
+        let mut slowest_elsewhere = Duration::ZERO;
+        for &id in &elsewhere {
+            slowest_elsewhere = slowest_elsewhere.max(fetch(&cache, &loads, id).await);
+        }
+        let loads_elsewhere = loads.load(Ordering::SeqCst) - before;
+        // The frozen master's other keys: at once, through the loader, once the cache has
+        // looked up which node failed (CLUSTER SLOTS in the background; up to three tries of
+        // one response timeout each, should it ask the frozen node).
+        tokio::time::sleep(RESPONSE * 4).await;
+        let mut slowest_frozen = Duration::ZERO;
+        for &id in &on_frozen[1..] {
+            slowest_frozen = slowest_frozen.max(fetch(&cache, &loads, id).await);
+        }
+        (first, loads_elsewhere, slowest_elsewhere, slowest_frozen)
+    }
+    .await;
+    cluster.resume_port(frozen.port);
+    let (first, loads_elsewhere, slowest_elsewhere, slowest_frozen) = outcome;
+
+    assert!(
+        first >= RESPONSE && first < RESPONSE * 3,
+        "the first fetch of a frozen master's key took {first:?} (response timeout {RESPONSE:?})"
+    );
+    assert_eq!(
+        loads_elsewhere, 0,
+        "keys of the healthy masters were loaded instead of read from the cache (slowest \
+         fetch {slowest_elsewhere:?})"
+    );
+    assert!(
+        slowest_frozen < RESPONSE,
+        "a later fetch of a frozen master's key waited {slowest_frozen:?}: its slots should \
+         be skipped at once"
+    );
+    eprintln!(
+        "frozen master: first fetch {first:?}, later ones at most {slowest_frozen:?}; other \
+         masters: {} hits, slowest {slowest_elsewhere:?}",
+        elsewhere.len()
+    );
+    drop(cluster);
+}
