@@ -68,8 +68,9 @@ pub struct CacheConfig {
     /// the requests of one `fetch` (read, lease, fill) share it. Default: 250 milliseconds.
     #[builder(default = Duration::from_millis(250))]
     pub response_timeout: Duration,
-    /// After Redis fails to answer, requests skip it and fail at once for this long, so an
-    /// outage does not add a timeout to every request. Default: 1 second.
+    /// After Redis fails to answer, requests skip it and fail at once for up to this long, so
+    /// an outage does not add a timeout to every request; on a standalone server a background
+    /// ping ends it sooner once Redis answers. Default: 1 second.
     #[builder(default = Duration::from_secs(1))]
     pub retry_interval: Duration,
     /// The longest rendered key (prefix included), in bytes; longer keys are an error, so user

@@ -616,3 +616,49 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
         "a cold fetch_many took {took:?} against a Redis answering in {delay:?}"
     );
 }
+
+/// A dropped connection that comes back at once (CLIENT KILL) must not cost a whole retry
+/// interval of misses: after the failure, a background ping lets requests through again as
+/// soon as Redis answers. Here the retry interval is 5 s; caching must be back well before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_resumes_soon_after_a_dropped_connection_not_after_the_retry_interval() {
+    let server = RedisServer::start();
+    let retry = Duration::from_secs(5);
+    let h = Harness::connect(config(server.url(), "probe", retry)).await;
+    h.fetch(1).await;
+    h.expect_hit(1).await;
+
+    // Kill the connection while fetches run, until one of them has failed (and so opened
+    // the breaker).
+    let errors_before = h.cache.stats().errors;
+    let deadline = Instant::now() + HANG;
+    while h.cache.stats().errors == errors_before {
+        assert!(
+            Instant::now() < deadline,
+            "no fetch failed after CLIENT KILL"
+        );
+        let load = {
+            let h = h.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    h.fetch(1).await;
+                }
+            })
+        };
+        raw_cmd(
+            &server.url(),
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
+        )
+        .await;
+        load.await.expect("load task");
+    }
+    let failed_at = Instant::now();
+    let took = h.wait_until_caching_resumes(1).await;
+    let since_failure = failed_at.elapsed();
+    eprintln!("caching resumed {took:?} after the failure (retry interval {retry:?})");
+    assert!(
+        since_failure < Duration::from_secs(1),
+        "caching resumed only {since_failure:?} after a dropped connection (retry interval \
+         {retry:?}): requests waited for the retry interval instead of a successful ping"
+    );
+}

@@ -130,6 +130,8 @@ pub(crate) struct RedisBackend {
     breaker: Arc<Breaker>,
     /// A lookup of which cluster node serves a failed key is under way.
     node_lookup: Arc<std::sync::atomic::AtomicBool>,
+    /// A background ping is checking whether a failed standalone Redis answers again.
+    probing: Arc<std::sync::atomic::AtomicBool>,
     /// Coalesces concurrent GETs into MGETs; not on a cluster, where MGET splits by slot.
     batcher: Option<Arc<ReadBatcher<Value>>>,
 }
@@ -604,6 +606,7 @@ impl RedisBackend {
             timeout,
             breaker: Arc::new(Breaker::new(is_cluster, retry_interval)),
             node_lookup: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            probing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -718,6 +721,42 @@ impl RedisBackend {
         let _ = scope;
     }
 
+    /// After a standalone Redis failed: pings it in the background, backing off from 10 ms, for
+    /// up to the retry interval, and lets requests through again as soon as one is answered.
+    /// A dropped connection that reconnects at once (`CLIENT KILL`, a proxy restart) then
+    /// costs milliseconds of cache misses, not a whole retry interval. (On a cluster, the node
+    /// lookup does this job.)
+    fn probe(&self) {
+        if self.batcher.is_none() || self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.probing.store(false, Ordering::Release);
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            let retry = Duration::from_millis(backend.breaker.retry_ms());
+            let deadline = tokio::time::Instant::now() + retry;
+            let mut pause = Duration::from_millis(10);
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                // Not through `run_unchecked`: a failed probe must not extend the breaker.
+                let mut conn = backend.conn();
+                let ping = redis::cmd("PING");
+                let pong =
+                    tokio::time::timeout(backend.timeout, ping.query_async::<Value>(&mut conn))
+                        .await;
+                if matches!(pong, Ok(Ok(_))) {
+                    backend.breaker.close(Scope::Any);
+                    break;
+                }
+                pause = (pause * 2).min(retry / 4).max(Duration::from_millis(1));
+            }
+            backend.probing.store(false, Ordering::Release);
+        });
+    }
+
     /// `CLUSTER SLOTS`, sent to the master of slot `slot + offset`.
     #[cfg(feature = "cluster")]
     async fn cluster_slots_via(&self, slot: u16, offset: u32) -> Option<Value> {
@@ -782,6 +821,7 @@ impl RedisBackend {
                     self.breaker.trip(scope, &error);
                     self.trip_node_of(scope);
                     self.maybe_reset_cluster();
+                    self.probe();
                 }
                 Err(error)
             }
@@ -790,6 +830,7 @@ impl RedisBackend {
                 self.breaker.trip(scope, &error);
                 self.trip_node_of(scope);
                 self.maybe_reset_cluster();
+                self.probe();
                 Err(error)
             }
         }
