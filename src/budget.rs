@@ -9,6 +9,35 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
+/// When a fetch's first request went out, to start its [`Budget`] from once that returns.
+/// Reads the clock only when there is a timeout: a hit on the embedded backend costs no clock
+/// read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    timeout: Option<Duration>,
+    at: Option<Instant>,
+}
+
+impl Started {
+    pub(crate) fn now(timeout: Option<Duration>) -> Started {
+        Started {
+            timeout,
+            at: timeout.map(|_| Instant::now()),
+        }
+    }
+
+    /// The budget left once the first request has returned.
+    pub(crate) fn budget(self) -> Budget {
+        Budget {
+            left: self
+                .timeout
+                .zip(self.at)
+                .map(|(t, at)| t.saturating_sub(at.elapsed())),
+            timeout: self.timeout.unwrap_or(Duration::MAX),
+        }
+    }
+}
+
 /// What is left of one fetch's response timeout.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
@@ -18,12 +47,9 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// The budget of a fetch whose first request began at `started` and has returned.
-    pub(crate) fn after(timeout: Option<Duration>, started: Instant) -> Budget {
-        Budget {
-            left: timeout.map(|t| t.saturating_sub(started.elapsed())),
-            timeout: timeout.unwrap_or(Duration::MAX),
-        }
+    /// The error of a request that found nothing left.
+    pub(crate) fn timed_out(&self) -> Error {
+        Error::Timeout(self.timeout)
     }
 
     /// Nothing left: the next request would fail without being sent.
@@ -42,12 +68,12 @@ impl Budget {
             return request.await;
         };
         if left.is_zero() {
-            return Err(Error::Timeout(self.timeout));
+            return Err(self.timed_out());
         }
         let start = Instant::now();
         let result = match tokio::time::timeout(left, request).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(self.timeout)),
+            Err(_) => Err(self.timed_out()),
         };
         self.left = Some(left.saturating_sub(start.elapsed()));
         result
@@ -60,9 +86,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_share_one_timeout() {
-        let started = Instant::now();
+        let started = Started::now(Some(Duration::from_millis(100)));
         tokio::time::advance(Duration::from_millis(40)).await;
-        let mut budget = Budget::after(Some(Duration::from_millis(100)), started);
+        let mut budget = started.budget();
         let slow = |ms| async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Error>(ms)
@@ -83,7 +109,9 @@ mod tests {
 
     #[tokio::test]
     async fn no_timeout_no_limit() {
-        let mut budget = Budget::after(None, Instant::now());
+        let started = Started::now(None);
+        assert!(started.at.is_none(), "no timeout, no clock read");
+        let mut budget = started.budget();
         assert!(!budget.is_spent());
         assert_eq!(budget.spend(async { Ok::<_, Error>(7) }).await.unwrap(), 7);
     }

@@ -13,7 +13,7 @@ use crate::backend::LazyCluster;
 use crate::backend::{
     Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
 };
-use crate::budget::Budget;
+use crate::budget::{Budget, Started};
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
 use crate::error::{ConfigError, Error, KeyError};
@@ -644,7 +644,7 @@ impl Cache {
         let early = strategy.early_refresh_ms() > 0
             && Kd::SHAPE == Shape::Str
             && strategy.expire_after().is_some();
-        let started = tokio::time::Instant::now();
+        let started = Started::now(inner.backend.response_timeout());
         let read = if early {
             inner.backend.read_with_ttl(loc).await
         } else {
@@ -657,9 +657,15 @@ impl Cache {
                 Ok(value) => {
                     bump(&inner.counters.hits);
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
-                        let budget = Budget::after(inner.backend.response_timeout(), started);
                         return self
-                            .refresh_early(strategy, &rendered, payload, value, budget, loader)
+                            .refresh_early(
+                                strategy,
+                                &rendered,
+                                payload,
+                                value,
+                                started.budget(),
+                                loader,
+                            )
                             .await;
                     }
                     return Ok(value);
@@ -680,9 +686,15 @@ impl Cache {
             }
         }
         bump(&inner.counters.misses);
-        let budget = Budget::after(inner.backend.response_timeout(), started);
-        self.load_coalesced(strategy, &rendered, force, redis_ok, budget, loader)
-            .await
+        self.load_coalesced(
+            strategy,
+            &rendered,
+            force,
+            redis_ok,
+            started.budget(),
+            loader,
+        )
+        .await
     }
 
     /// Reads many entries in one round trip (MGET, or a pipeline of HGETs), calls `loader`
@@ -756,7 +768,7 @@ impl Cache {
             std::iter::repeat_with(|| None).take(keys.len()).collect();
         let mut missing: Vec<(usize, bool)> = Vec::new(); // (position, force)
         let mut redis_ok = true;
-        let started = tokio::time::Instant::now();
+        let started = Started::now(inner.backend.response_timeout());
         // Duplicates are read like any key (MGET repeats the value), so the all-hit path
         // needs no de-duplication.
         let read = match inner.backend.read_many(&locs).await {
@@ -769,8 +781,7 @@ impl Cache {
             other => other,
         };
         // The lease requests and the fills share what the read left of the response timeout.
-        let mut budget = Budget::after(inner.backend.response_timeout(), started);
-        let timed_out = || Error::Timeout(inner.backend.response_timeout().unwrap_or_default());
+        let mut budget = started.budget();
         match read {
             Ok(lookups) => {
                 let mut hits = 0;
@@ -837,7 +848,7 @@ impl Cache {
                 {
                     Ok(attempts) => attempts,
                     // Cut short: any of them may still run on the server.
-                    Err(_) => missing.iter().map(|_| Err(timed_out())).collect(),
+                    Err(_) => missing.iter().map(|_| Err(budget.timed_out())).collect(),
                 };
                 let mut still_missing = Vec::with_capacity(missing.len());
                 let mut kept_leases = Vec::with_capacity(missing.len());
@@ -925,7 +936,7 @@ impl Cache {
                     .await
                 {
                     Ok(results) => results,
-                    Err(_) => fills.iter().map(|_| Err(timed_out())).collect(),
+                    Err(_) => fills.iter().map(|_| Err(budget.timed_out())).collect(),
                 };
                 for ((i, token, _), result) in fills.into_iter().zip(results) {
                     match result {
@@ -1096,9 +1107,7 @@ impl Cache {
                 if budget.is_spent() {
                     // This fetch has had its response timeout's worth of Redis: load without
                     // a lease rather than wait on it longer.
-                    inner.fault(&Error::Timeout(
-                        inner.backend.response_timeout().unwrap_or_default(),
-                    ));
+                    inner.fault(&budget.timed_out());
                     break;
                 }
                 match budget
