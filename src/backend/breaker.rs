@@ -155,6 +155,7 @@ impl Breaker {
 
     /// The share of cells open now, from 0 to 1: on a cluster, more than one node's worth
     /// suggests the connection itself is stuck rather than a node down.
+    #[cfg(feature = "cluster")]
     pub(crate) fn open_share(&self) -> f64 {
         let now = now_ms();
         let open = self

@@ -128,7 +128,10 @@ pub(crate) struct RedisBackend {
     last_rebuild_ms: Arc<AtomicU64>,
     timeout: Duration,
     breaker: Arc<Breaker>,
+    /// A Redis Cluster (the connection is `RedisConn::Cluster`, for good).
+    cluster: bool,
     /// A lookup of which cluster node serves a failed key is under way.
+    #[cfg(feature = "cluster")]
     node_lookup: Arc<std::sync::atomic::AtomicBool>,
     /// A background ping is checking whether a failed standalone Redis answers again.
     probing: Arc<std::sync::atomic::AtomicBool>,
@@ -605,6 +608,8 @@ impl RedisBackend {
             last_rebuild_ms: Arc::new(AtomicU64::new(0)),
             timeout,
             breaker: Arc::new(Breaker::new(is_cluster, retry_interval)),
+            cluster: is_cluster,
+            #[cfg(feature = "cluster")]
             node_lookup: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             probing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
@@ -683,10 +688,7 @@ impl RedisBackend {
             let Scope::Key(key) = scope else {
                 return;
             };
-            if !matches!(
-                &*self.conn.read().unwrap_or_else(|e| e.into_inner()),
-                RedisConn::Cluster(_)
-            ) {
+            if !self.cluster {
                 return;
             }
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -727,7 +729,7 @@ impl RedisBackend {
     /// costs milliseconds of cache misses, not a whole retry interval. (On a cluster, the node
     /// lookup does this job.)
     fn probe(&self) {
-        if self.batcher.is_none() || self.probing.swap(true, Ordering::AcqRel) {
+        if self.cluster || self.probing.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
