@@ -222,6 +222,7 @@ fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
 }
 
 /// Removes a key from the set of refreshing keys when the refresh ends or is cancelled.
+/// Locks a mutex, even one a panicking thread left poisoned: the sets it guards stay valid.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -261,10 +262,7 @@ struct RefreshGuard<'a> {
 
 impl Drop for RefreshGuard<'_> {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+        lock(self.set).remove(&self.key);
     }
 }
 
@@ -1317,12 +1315,7 @@ impl Cache {
     {
         let inner = &*self.inner;
         let key = rendered.flight_key();
-        if !inner
-            .refreshing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone())
-        {
+        if !lock(&inner.refreshing).insert(key.clone()) {
             return Ok(current);
         }
         let _guard = RefreshGuard {
