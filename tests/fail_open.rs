@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, CacheConfig, Error};
 use cacheobj_strategies::{Item, ItemKey, ITEM, ITEM_STAT};
-use support::{raw_conn_to, unique_prefix, RedisServer};
+use support::{lease_under, raw_conn_to, unique_prefix, RedisServer};
 
 /// What every loader costs.
 const LOADER: Duration = Duration::from_millis(5);
@@ -408,20 +408,7 @@ async fn timed_out_lease_acquire_does_not_stall_later_fetches() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     let entry = h.cache.entry_key(&ITEM, &ItemKey { item_id: 5 }).unwrap();
-    let mut conn = raw_conn_to(&server.url()).await;
-    let left: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&entry.key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&entry.key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let orphan = left
-        .as_deref()
-        .is_some_and(|v| v.starts_with(b"\xC1cacheobj:lease:"));
+    let (orphan, pttl) = lease_under(&server.url(), &entry.key).await;
 
     let took = h.fetch(5).await;
     assert!(

@@ -220,20 +220,7 @@ async fn a_failed_fill_does_not_leave_an_orphaned_lease() {
     // Redis is fine; the breaker has closed again.
     tokio::time::sleep(retry + Duration::from_millis(100)).await;
     let entry = cache.entry_key(&ITEM, &key).unwrap();
-    let mut conn = support::raw_conn_to(&server.url()).await;
-    let left: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&entry.key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(&entry.key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let orphan = left
-        .as_deref()
-        .is_some_and(|v| v.starts_with(b"\xC1cacheobj:lease:"));
+    let (orphan, pttl) = support::lease_under(&server.url(), &entry.key).await;
 
     let start = Instant::now();
     cache

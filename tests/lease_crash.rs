@@ -34,13 +34,7 @@ async fn cache(prefix: &str) -> Cache {
 
 async fn holds_lease(cache: &Cache) -> bool {
     let key = support::entry_redis_key(cache, &ENTRY, &K { id: 1 });
-    let mut conn = support::raw_conn().await;
-    let v: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .expect("GET");
-    v.is_some_and(|v| v.starts_with(b"\xC1cacheobj:lease:"))
+    support::lease_under(&support::redis_url(), &key).await.0
 }
 
 /// As a child of the crash test: takes the lease with a load that never ends, and waits to be

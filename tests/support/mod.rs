@@ -129,6 +129,26 @@ pub async fn raw_conn() -> redis::aio::MultiplexedConnection {
     raw_conn_to(&redis_url()).await
 }
 
+/// Whether a fill lease (FORMAT.md's lease marker) sits under `key` on the Redis at `url`, and
+/// the key's PTTL in milliseconds: how tests spot a lease a failed request left behind.
+pub async fn lease_under(url: &str, key: &[u8]) -> (bool, i64) {
+    let mut conn = raw_conn_to(url).await;
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    (
+        value.is_some_and(|v| v.starts_with(b"\xC1cacheobj:lease:")),
+        pttl,
+    )
+}
+
 /// A multiplexed connection to `url`; panics with a clear message on failure.
 pub async fn raw_conn_to(url: &str) -> redis::aio::MultiplexedConnection {
     let client =
