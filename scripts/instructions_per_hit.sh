@@ -8,20 +8,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
+SCRIPT=instructions_per_hit.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+command -v valgrind >/dev/null || die "valgrind is not installed"
+ensure_redis_server
 
 cargo build --release --example hit_loop
 bin=target/release/examples/hit_loop
 
-port=""
-for candidate in $(seq 21000 21100); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-        port=$candidate
-        break
-    fi
-done
-[ -n "$port" ] || { echo "no free loopback port in 21000-21100" >&2; exit 1; }
+port=$(pick_free_port) || die "could not find a free loopback TCP port"
 dir=$(mktemp -d)
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" >/dev/null

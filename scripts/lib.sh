@@ -1,5 +1,5 @@
-# Shared by scripts/test.sh and scripts/bench.sh: logging, and installing redis-server on a
-# machine that has nothing. Set SCRIPT to the caller's name before sourcing.
+# Shared by the scripts here: logging, installing redis-server on a machine that has nothing,
+# and picking a free loopback port. Set SCRIPT to the caller's name before sourcing.
 
 log() { printf '%s: %s\n' "$SCRIPT" "$*" >&2; }
 die() { printf '%s: ERROR: %s\n' "$SCRIPT" "$*" >&2; exit 1; }
@@ -39,4 +39,32 @@ ensure_redis_server() {
         die "redis-server/redis-cli still not on PATH after installing the redis-server package"
     fi
     log "installed $(command -v redis-server) ($(redis-server --version | head -n1))"
+}
+
+port_in_use() {
+    # Something answers on 127.0.0.1:$1 (redis or not)?
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+pick_free_port() {
+    local port
+    if command -v python3 >/dev/null 2>&1 \
+        && port=$(python3 -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null) \
+        && [ -n "$port" ]; then
+        echo "$port"
+        return 0
+    fi
+    # Fallback: random ports in 20000..59999 until one is not answering.
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 40000))
+        if ! port_in_use "$port"; then
+            echo "$port"
+            return 0
+        fi
+    done
+    return 1
 }

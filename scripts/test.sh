@@ -109,34 +109,6 @@ trap on_exit EXIT
 trap 'on_signal 130' INT
 trap 'on_signal 143' TERM
 
-port_in_use() {
-    # Something answers on 127.0.0.1:$1 (redis or not)?
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-pick_free_port() {
-    local port
-    if command -v python3 >/dev/null 2>&1 \
-        && port=$(python3 -c 'import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])
-s.close()' 2>/dev/null) \
-        && [ -n "$port" ]; then
-        echo "$port"
-        return 0
-    fi
-    # Fallback: random ports in 20000..59999 until one is not answering.
-    for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
-
 REDIS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/cacheobj-test-redis.XXXXXX")
 PORT=""
 for attempt in 1 2 3 4 5; do
