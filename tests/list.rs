@@ -361,23 +361,29 @@ async fn long_lists_roundtrip() {
 
 /// An empty push or remove changes nothing, so it must not cancel a load in flight; both
 /// backends must agree (Redis keeps the fill lease; it is what `list_len` does too).
+///
+/// The loader holds until the empty push and remove are done, so the order does not depend
+/// on timing.
 #[tokio::test]
 async fn an_empty_push_or_remove_during_a_load_does_not_cancel_its_fill() {
     let mut tasks = Vec::new();
     for (name, cache) in backends("list_empty_op_during_load").await {
         tasks.push(tokio::spawn(async move {
             let key = ItemKey { item_id: 10 };
+            let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
             let loader_cache = cache.clone();
             let load = tokio::spawn(async move {
                 loader_cache
-                    .fetch(&ITEM_MEMBERS, &key, || async {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    .fetch(&ITEM_MEMBERS, &key, || async move {
+                        let _ = loading_tx.send(());
+                        let _ = go_rx.await;
                         Ok::<_, std::io::Error>(vec![1u64])
                     })
                     .await
                     .unwrap()
             });
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            loading_rx.await.expect("the loader runs");
             assert_eq!(
                 cache.list_push(&ITEM_MEMBERS, &key, &[]).await.unwrap(),
                 None,
@@ -388,6 +394,7 @@ async fn an_empty_push_or_remove_during_a_load_does_not_cancel_its_fill() {
                 None,
                 "{name}"
             );
+            go_tx.send(()).expect("the loader waits");
             assert_eq!(load.await.unwrap(), [1], "{name}");
             let stats = cache.stats();
             assert!(
