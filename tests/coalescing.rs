@@ -30,10 +30,17 @@ async fn a_thousand_cold_fetches_run_one_loader() {
                 let cache = cache.clone();
                 let calls = calls.clone();
                 tokio::spawn(async move {
+                    let stats_of = cache.clone();
                     cache
                         .fetch(&HOT, &K { id: 1 }, || async move {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            // Load until every other fetch has joined this one.
+                            support::wait_until(
+                                "999 fetches wait for this load",
+                                Duration::from_secs(20),
+                                || stats_of.stats().coalesced_waits >= 999,
+                            )
+                            .await;
                             Ok::<_, Infallible>("value".to_string())
                         })
                         .await
@@ -46,7 +53,7 @@ async fn a_thousand_cold_fetches_run_one_loader() {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{label}: loader calls");
         let stats = cache.stats();
         assert_eq!(stats.loads, 1, "{label}");
-        assert!(stats.coalesced_waits >= 900, "{label}: {stats:?}");
+        assert_eq!(stats.coalesced_waits, 999, "{label}: {stats:?}");
     }
 }
 
@@ -112,18 +119,27 @@ async fn a_dropped_leader_is_replaced_by_a_waiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_loader_releases_every_waiter() {
     for (label, cache) in support::backends("coalesce_fail").await {
+        let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
         let leader = {
             let cache = cache.clone();
             tokio::spawn(async move {
+                let stats_of = cache.clone();
                 cache
-                    .fetch(&HOT, &K { id: 3 }, || async {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    .fetch(&HOT, &K { id: 3 }, || async move {
+                        let _ = loading_tx.send(());
+                        // Fail only once all ten waiters have joined this load.
+                        support::wait_until(
+                            "ten fetches wait for this load",
+                            Duration::from_secs(10),
+                            || stats_of.stats().coalesced_waits >= 10,
+                        )
+                        .await;
                         Err::<String, _>("database down")
                     })
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        loading_rx.await.expect("the leader loads");
         let waiters: Vec<_> = (0..10)
             .map(|i| {
                 let cache = cache.clone();
@@ -176,17 +192,24 @@ async fn second_cache(prefix: &str) -> Cache {
 async fn another_cache_waits_for_the_lease_holders_fill() {
     let (a, prefix) = support::redis_cache("lease_wait").await;
     let b = second_cache(&prefix).await;
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
     let holder = {
         let a = a.clone();
+        let b = b.clone();
         tokio::spawn(async move {
-            a.fetch(&HOT, &K { id: 4 }, || async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            a.fetch(&HOT, &K { id: 4 }, || async move {
+                let _ = loading_tx.send(());
+                // Fill only once b has found the lease and waits on it.
+                support::wait_until("b waits on the lease", Duration::from_secs(10), || {
+                    b.stats().lease_waits >= 1
+                })
+                .await;
                 Ok::<_, Infallible>("from a".to_string())
             })
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    loading_rx.await.expect("a loads under its lease");
     let got = b
         .fetch(&HOT, &K { id: 4 }, || async {
             Ok::<_, Infallible>("from b".to_string())
@@ -204,17 +227,21 @@ async fn another_cache_waits_for_the_lease_holders_fill() {
 async fn a_lease_wait_is_bounded_by_the_lease_time() {
     let (a, prefix) = support::redis_cache("lease_timeout").await;
     let b = second_cache(&prefix).await;
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    // The lease is set after this instant, so it cannot expire before 300 ms from here.
+    let before_lease = Instant::now();
     let _holder = {
         let a = a.clone();
         tokio::spawn(async move {
-            a.fetch(&SHORT_LEASE, &K { id: 5 }, || async {
+            a.fetch(&SHORT_LEASE, &K { id: 5 }, || async move {
+                let _ = loading_tx.send(());
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 Ok::<_, Infallible>("slow".to_string())
             })
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    loading_rx.await.expect("a loads under its lease");
     let started = Instant::now();
     let got = b
         .fetch(&SHORT_LEASE, &K { id: 5 }, || async {
@@ -224,8 +251,13 @@ async fn a_lease_wait_is_bounded_by_the_lease_time() {
         .expect("infallible");
     let waited = started.elapsed();
     assert_eq!(got, "from b");
-    assert!(waited >= Duration::from_millis(200), "waited {waited:?}");
-    assert!(waited < Duration::from_millis(1000), "waited {waited:?}");
+    // Redis expires at millisecond precision: allow 2 ms of rounding.
+    let since_lease = before_lease.elapsed();
+    assert!(
+        since_lease >= Duration::from_millis(298),
+        "b took over {since_lease:?} after the lease, before it expired"
+    );
+    assert!(waited < Duration::from_millis(2000), "waited {waited:?}");
     // The holder's lease expired after 300 ms: b took it over, loaded and filled.
     let stats = b.stats();
     assert_eq!((stats.lease_waits, stats.loads), (1, 1), "{stats:?}");

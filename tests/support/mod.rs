@@ -572,3 +572,16 @@ pub async fn raw_type(conn: &mut impl redis::aio::ConnectionLike, key: &[u8]) ->
         other => panic!("unexpected TYPE reply {other:?}"),
     }
 }
+
+/// Waits until `done` holds, polling every millisecond; panics with `what` after `limit`.
+/// Tests use it to order tasks by what they have done, not by how long they slept.
+pub async fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
