@@ -272,15 +272,36 @@ fn read_logs(dir: &Path) -> String {
 }
 
 /// Sends `kill -<signal> <pid>`; returns whether it succeeded.
+/// Sends `signal` with `kill`; for `STOP`, returns only once the process is stopped, so that
+/// a test's clock starts the fault when it is in effect.
 fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
+    let sent = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    if sent && signal == "STOP" {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_state(pid) != Some('T') {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} did not stop within 5 s of SIGSTOP (state {:?})",
+                process_state(pid)
+            );
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+    sent
+}
+
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` for stopped, ...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// Checks over raw RESP that the server on `port` answers PING with +PONG and
