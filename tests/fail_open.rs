@@ -534,14 +534,18 @@ async fn slow_proxy(target: u16, delay: Duration) -> u16 {
     port
 }
 
+/// Scheduling slack over one response timeout plus the loader, for a debug build on a busy
+/// machine; small enough to tell one timeout (about 105 ms here) from three requests (245 ms).
+const BUDGET_SLACK: Duration = Duration::from_millis(60);
+
 /// Every request of a fetch counts against one response timeout: against a Redis that takes
-/// 70 % of the timeout to answer each request, a cold fetch (read, lease request, fill) must
+/// 80 % of the timeout to answer each request, a cold fetch (read, lease request, fill) must
 /// not take three of them. The read succeeds; the lease request gets what is left, times out,
 /// and the fetch loads without a lease instead of waiting on Redis again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
     let server = RedisServer::start();
-    let delay = RESPONSE * 7 / 10;
+    let delay = RESPONSE * 8 / 10;
     let port = slow_proxy(server.port, delay).await;
     let h = Harness::connect(config(
         format!("redis://127.0.0.1:{port}"),
@@ -572,9 +576,10 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
     for id in 1..=5 {
         worst = worst.max(h.fetch(id).await);
     }
-    // Without the shared budget a cold fetch took read + lease + fill = 3 x 70 ms + loader.
+    // Without the shared budget a cold fetch takes read + lease + fill = 3 x 80 ms + loader;
+    // the bound leaves 60 ms of scheduling slack and stays well below that.
     assert!(
-        worst <= RESPONSE + LOADER + Duration::from_millis(40),
+        worst <= RESPONSE + LOADER + BUDGET_SLACK,
         "a cold fetch took {worst:?} against a Redis answering in {delay:?} (response timeout \
          {RESPONSE:?}, loader {LOADER:?})"
     );
@@ -599,7 +604,7 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
         keys.iter().map(|k| item(k.item_id)).collect::<Vec<_>>()
     );
     assert!(
-        took <= RESPONSE + LOADER + Duration::from_millis(40),
+        took <= RESPONSE + LOADER + BUDGET_SLACK,
         "a cold fetch_many took {took:?} against a Redis answering in {delay:?}"
     );
 }
