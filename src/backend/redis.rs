@@ -37,6 +37,9 @@ pub(crate) struct LazyCluster {
     client: redis::cluster::ClusterClient,
     conn: RwLock<Option<redis::cluster_async::ClusterConnection>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Counts resets: a request that fails on a connection since dropped says nothing about
+    /// the nodes.
+    generation: AtomicU64,
 }
 
 #[cfg(feature = "cluster")]
@@ -46,6 +49,7 @@ impl LazyCluster {
             client,
             conn: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -56,7 +60,9 @@ impl LazyCluster {
     /// Drops the cached connection, so the next request makes a fresh one: an existing cluster
     /// connection can stay wedged after a master fails over under load.
     fn reset(&self) {
-        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut conn = self.conn.write().unwrap_or_else(|e| e.into_inner());
+        *conn = None;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn get(&self) -> RedisResult<redis::cluster_async::ClusterConnection> {
@@ -623,6 +629,15 @@ impl RedisBackend {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Which cluster connection requests go to now (0 off a cluster): see `LazyCluster::reset`.
+    fn generation(&self) -> u64 {
+        #[cfg(feature = "cluster")]
+        if let RedisConn::Cluster(lazy) = &*self.conn.read().unwrap_or_else(|e| e.into_inner()) {
+            return lazy.generation.load(Ordering::Acquire);
+        }
+        0
+    }
+
     /// Replaces the connection manager after a failure it does not recover from by itself,
     /// at most once per retry interval.
     fn maybe_rebuild(&self, e: &redis::RedisError) {
@@ -679,9 +694,10 @@ impl RedisBackend {
     }
 
     /// On a cluster, after a request for a key failed: finds the node that serves the key
-    /// (`CLUSTER SLOTS`, in the background, one lookup at a time) and opens the breaker for all
-    /// of its slots, so its other keys skip Redis at once instead of each slot paying a
-    /// timeout first.
+    /// (`CLUSTER SLOTS`, in the background, one lookup at a time) and, if that node does not
+    /// answer a PING either, opens the breaker for all of its slots, so its other keys skip
+    /// Redis at once instead of each slot paying a timeout first. If it answers, the failure
+    /// was not the node's (a connection being rebuilt, a slow moment): its slot reopens.
     fn trip_node_of(&self, scope: Scope<'_>) {
         #[cfg(feature = "cluster")]
         {
@@ -698,23 +714,24 @@ impl RedisBackend {
                 return;
             }
             let backend = self.clone();
-            let slot = slot(key);
+            let key = key.to_vec();
             runtime.spawn(async move {
-                // A few tries: the lookup may itself be sent to the failed node. If none is
-                // answered, the cluster connection itself is likely stuck (redis-rs's can stay
-                // wedged after a master dies under load): start over with a fresh one.
-                let mut found = false;
-                // Ask nodes far from the failed slot (another node, when slots are spread
-                // evenly), not a random one, which may be the failed node itself.
-                for offset in [8192u32, 5461, 10923] {
-                    if let Some(reply) = backend.cluster_slots_via(slot, offset).await {
-                        backend.breaker.trip_slots(&node_ranges(&reply, slot));
-                        found = true;
-                        break;
+                let slot = slot(&key);
+                match backend.node_of(slot).await {
+                    // No master answered: the cluster connection itself is likely stuck
+                    // (redis-rs's can stay wedged after a master dies under load).
+                    None => backend.reset_cluster(),
+                    Some(ranges) => {
+                        if backend
+                            .to_master_of(slot, redis::cmd("PING"))
+                            .await
+                            .is_some()
+                        {
+                            backend.breaker.close(Scope::Key(&key));
+                        } else {
+                            backend.breaker.trip_slots(&ranges);
+                        }
                     }
-                }
-                if !found {
-                    backend.reset_cluster();
                 }
                 backend.node_lookup.store(false, Ordering::Release);
             });
@@ -723,6 +740,27 @@ impl RedisBackend {
         let _ = scope;
     }
 
+    /// The slot ranges of the master that serves `slot`, from `CLUSTER SLOTS` asked of the
+    /// masters of three slots far from it (other nodes, when slots are spread evenly; the
+    /// failed node itself may not answer), all at once: within one response timeout.
+    #[cfg(feature = "cluster")]
+    async fn node_of(&self, slot: u16) -> Option<Vec<(u16, u16)>> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut lookups: FuturesUnordered<_> = [8192u32, 5461, 10923]
+            .into_iter()
+            .map(|offset| {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("SLOTS");
+                self.to_master_of(((u32::from(slot) + offset) % 16384) as u16, cmd)
+            })
+            .collect();
+        while let Some(reply) = lookups.next().await {
+            if let Some(reply) = reply {
+                return Some(node_ranges(&reply, slot));
+            }
+        }
+        None
+    }
     /// After a standalone Redis failed: pings it in the background, backing off from 10 ms, for
     /// up to the retry interval, and lets requests through again as soon as one is answered.
     /// A dropped connection that reconnects at once (`CLIENT KILL`, a proxy restart) then
@@ -759,19 +797,17 @@ impl RedisBackend {
         });
     }
 
-    /// `CLUSTER SLOTS`, sent to the master of slot `slot + offset`.
+    /// Sends `cmd` to the master of `slot`, within one response timeout; `None` when it
+    /// fails or times out.
     #[cfg(feature = "cluster")]
-    async fn cluster_slots_via(&self, slot: u16, offset: u32) -> Option<Value> {
+    async fn to_master_of(&self, slot: u16, cmd: Cmd) -> Option<Value> {
         use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
         let RedisConn::Cluster(lazy) = self.conn() else {
             return None;
         };
-        let target = Slot::new(((u32::from(slot) + offset) % 16384) as u16)?;
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-            Route::with_slot(target, SlotAddr::Master),
+            Route::with_slot(Slot::new(slot)?, SlotAddr::Master),
         ));
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SLOTS");
         let request = async move {
             let mut conn = lazy.get().await?;
             conn.route_command(cmd, routing).await
@@ -810,6 +846,7 @@ impl RedisBackend {
         F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let generation = self.generation();
         match tokio::time::timeout(timeout, f(self.conn())).await {
             Ok(Ok(v)) => {
                 self.breaker.close(scope);
@@ -820,22 +857,29 @@ impl RedisBackend {
                     is_connection_error(&e) || e.kind() == redis::ErrorKind::AuthenticationFailed;
                 let error = self.classify(e);
                 if failed || matches!(error, Error::Timeout(_)) {
-                    self.breaker.trip(scope, &error);
-                    self.trip_node_of(scope);
-                    self.maybe_reset_cluster();
-                    self.probe();
+                    self.failed(scope, &error, generation);
                 }
                 Err(error)
             }
             Err(_) => {
                 let error = Error::Timeout(timeout);
-                self.breaker.trip(scope, &error);
-                self.trip_node_of(scope);
-                self.maybe_reset_cluster();
-                self.probe();
+                self.failed(scope, &error, generation);
                 Err(error)
             }
         }
+    }
+
+    /// A request in `scope`, sent on connection `generation`, timed out or lost its
+    /// connection: skip Redis there for a while and find out what failed.
+    fn failed(&self, scope: Scope<'_>, error: &Error, generation: u64) {
+        if generation != self.generation() {
+            // It was stuck on a cluster connection that has been replaced since.
+            return;
+        }
+        self.breaker.trip(scope, error);
+        self.trip_node_of(scope);
+        self.maybe_reset_cluster();
+        self.probe();
     }
 
     /// Releases a lease whose acquisition failed (timed out): the request may still run on the
