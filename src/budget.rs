@@ -52,6 +52,17 @@ impl Budget {
         Error::Timeout(self.timeout)
     }
 
+    /// What is left; `None` without a limit.
+    pub(crate) fn left(&self) -> Option<Duration> {
+        self.left
+    }
+
+    /// Counts time this fetch spent waiting on Redis through another fetch (the leader of a
+    /// load it joined).
+    pub(crate) fn charge(&mut self, waited: Duration) {
+        self.left = self.left.map(|l| l.saturating_sub(waited));
+    }
+
     /// Nothing left: the next request would fail without being sent.
     pub(crate) fn is_spent(&self) -> bool {
         self.left.is_some_and(|l| l.is_zero())

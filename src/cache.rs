@@ -588,7 +588,9 @@ impl Cache {
     ///
     /// Concurrent fetches of one key share one load: in this process they await the first
     /// fetch's loader, across processes they wait (up to the strategy's lease time) for the fill
-    /// of whoever holds the key's fill lease. If the leading fetch is dropped, a waiter takes
+    /// of whoever holds the key's fill lease. A fetch waits on Redis for at most the response
+    /// timeout in all, the time the first fetch spends on Redis for it included: past that, it
+    /// runs its own loader. If the leading fetch is dropped, a waiter takes
     /// over its lease; if its loader fails, the leader gets that error and each waiter runs its
     /// own loader once and gets that result, uncached. A fill whose load began before an
     /// invalidation of the key never lands.
@@ -1022,7 +1024,7 @@ impl Cache {
         rendered: &Rendered,
         force: bool,
         redis_ok: bool,
-        budget: Budget,
+        mut budget: Budget,
         loader: F,
     ) -> Result<V, E>
     where
@@ -1046,7 +1048,17 @@ impl Cache {
                 }
                 Role::Waiter(rx) => {
                     bump(&inner.counters.coalesced_waits);
-                    match flight::wait(rx).await {
+                    let since = budget.left().map(|_| Instant::now());
+                    let state = flight::wait(rx, budget.left()).await;
+                    budget.charge(since.map_or(Duration::ZERO, |t| t.elapsed()));
+                    let Some(state) = state else {
+                        // The leader is still on Redis after this fetch's response timeout:
+                        // load rather than wait on Redis longer (the leader fills).
+                        inner.fault(&budget.timed_out());
+                        bump(&inner.counters.loads);
+                        return loader().await;
+                    };
+                    match state {
                         FlightState::Done(payload) => {
                             match V::decode(&payload, strategy.get_codec()) {
                                 Ok(value) => return Ok(value),
@@ -1062,7 +1074,7 @@ impl Cache {
                             return loader().await;
                         }
                         FlightState::Abandoned(token) => inherited = token,
-                        FlightState::Pending => inherited = None,
+                        FlightState::Pending | FlightState::Loading => inherited = None,
                     }
                 }
             }
@@ -1143,6 +1155,7 @@ impl Cache {
                         if !waiting {
                             waiting = true;
                             bump(&inner.counters.lease_waits);
+                            guard.off_redis();
                         }
                         let now = Instant::now();
                         if now >= deadline {
@@ -1165,6 +1178,7 @@ impl Cache {
             None => guard.drop_lease(),
         }
         bump(&inner.counters.loads);
+        guard.off_redis();
         match loader().await {
             Ok(value) => {
                 match value.encode(codec) {

@@ -65,7 +65,8 @@ pub struct CacheConfig {
     #[builder(default = Duration::from_secs(1))]
     pub connect_timeout: Duration,
     /// How long one request may wait for Redis before it fails (and `fetch` runs the loader);
-    /// the requests of one `fetch` (read, lease, fill) share it. Default: 250 milliseconds.
+    /// the requests of one `fetch` (read, lease, fill, and those of another fetch whose load it
+    /// joins) share it. Default: 250 milliseconds.
     #[builder(default = Duration::from_millis(250))]
     pub response_timeout: Duration,
     /// After Redis fails to answer, requests skip it and fail at once for up to this long, so

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -14,7 +15,10 @@ pub(crate) type FlightKey = (Vec<u8>, Vec<u8>);
 /// How a flight ended, as its waiters see it.
 #[derive(Debug, Clone)]
 pub(crate) enum FlightState {
+    /// The leader is on Redis (taking the fill lease).
     Pending,
+    /// The leader is done with Redis for now: it loads, or waits for another caller's fill.
+    Loading,
     /// The leader loaded (or read) this value.
     Done(Arc<Payload>),
     /// The leader's loader failed: each waiter runs its own loader.
@@ -69,13 +73,33 @@ impl Flights {
     }
 }
 
-/// Waits until the flight ends.
-pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> FlightState {
-    match rx.wait_for(|s| !matches!(s, FlightState::Pending)).await {
-        Ok(state) => state.clone(),
-        // The leader's guard always reports before it goes; this is only for safety.
-        Err(_) => FlightState::Abandoned(None),
+/// Waits until the flight ends. With a `limit`, gives up (`None`) once the limit has passed
+/// while the leader was still on Redis: the waiter has had its response timeout's worth of
+/// Redis, through the leader. Once the leader loads (or waits for another caller's fill), the
+/// waiter waits for it, as the leader itself would.
+pub(crate) async fn wait(
+    mut rx: watch::Receiver<FlightState>,
+    limit: Option<Duration>,
+) -> Option<FlightState> {
+    if let Some(limit) = limit {
+        let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending));
+        match tokio::time::timeout(limit, off_redis).await {
+            Err(_) => return None,
+            Ok(Err(_)) => return Some(FlightState::Abandoned(None)),
+            Ok(Ok(state)) if !matches!(*state, FlightState::Loading) => return Some(state.clone()),
+            Ok(Ok(_)) => {}
+        }
     }
+    Some(
+        match rx
+            .wait_for(|s| !matches!(s, FlightState::Pending | FlightState::Loading))
+            .await
+        {
+            Ok(state) => state.clone(),
+            // The leader's guard always reports before it goes; this is only for safety.
+            Err(_) => FlightState::Abandoned(None),
+        },
+    )
 }
 
 type ReleaseFn = Box<dyn FnOnce(Token) + Send + Sync>;
@@ -97,6 +121,18 @@ impl LeaderGuard {
     pub(crate) fn hold_lease(&mut self, token: Token, release: ReleaseFn) {
         self.lease = Some(token);
         self.on_orphaned_lease = Some(release);
+    }
+
+    /// The leader is done with Redis for now (it loads, or waits for another caller's fill):
+    /// its waiters wait for it however long that takes.
+    pub(crate) fn off_redis(&self) {
+        self.tx.send_if_modified(|s| {
+            let was_pending = matches!(s, FlightState::Pending);
+            if was_pending {
+                *s = FlightState::Loading;
+            }
+            was_pending
+        });
     }
 
     /// The leader holds no lease (another holds it, or Redis failed): nothing to hand over.
@@ -155,7 +191,7 @@ mod tests {
         };
         leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
         assert!(
-            matches!(wait(rx).await, FlightState::Done(p) if *p == Payload::Bytes(b"v".to_vec()))
+            matches!(wait(rx, None).await, Some(FlightState::Done(p)) if *p == Payload::Bytes(b"v".to_vec()))
         );
         assert!(matches!(flights.join(key()), Role::Leader(_)));
     }
@@ -175,7 +211,42 @@ mod tests {
             panic!("second joiner must wait");
         };
         drop(leader);
-        assert!(matches!(wait(rx).await, FlightState::Abandoned(Some(t)) if t == token));
+        assert!(
+            matches!(wait(rx, None).await, Some(FlightState::Abandoned(Some(t))) if t == token)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_on_a_leader_still_on_redis_after_its_limit() {
+        let flights = Flights::default();
+        let Role::Leader(_leader) = flights.join(key()) else {
+            panic!("first joiner must lead");
+        };
+        let Role::Waiter(rx) = flights.join(key()) else {
+            panic!("second joiner must wait");
+        };
+        let before = tokio::time::Instant::now();
+        assert!(wait(rx, Some(Duration::from_millis(100))).await.is_none());
+        assert_eq!(before.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_waits_for_a_leader_that_loads_past_its_limit() {
+        let flights = Flights::default();
+        let Role::Leader(mut leader) = flights.join(key()) else {
+            panic!("first joiner must lead");
+        };
+        let Role::Waiter(rx) = flights.join(key()) else {
+            panic!("second joiner must wait");
+        };
+        leader.off_redis();
+        let load = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
+        });
+        let got = wait(rx, Some(Duration::from_millis(100))).await;
+        assert!(matches!(got, Some(FlightState::Done(_))), "{got:?}");
+        load.await.unwrap();
     }
 
     #[tokio::test]
