@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, CacheConfig};
 use cacheobj_strategies::{Item, ItemKey, ITEM};
-use support::cluster::{query, RedisCluster};
+use support::cluster::{query, NodeInfo, RedisCluster};
 use support::unique_prefix;
 
 const RESPONSE: Duration = Duration::from_millis(100);
@@ -40,55 +40,66 @@ async fn fetch(cache: &Cache, loads: &Arc<AtomicUsize>, id: u64) -> Duration {
     started.elapsed()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_master_does_not_stop_caching_on_the_others() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
-        .await
-        .expect("start the cluster");
-    let cache = Cache::connect(
-        CacheConfig::builder()
-            .nodes(cluster.nodes())
-            .prefix(unique_prefix("node_failure"))
-            .response_timeout(RESPONSE)
-            // Long enough that the frozen node's keys stay skipped for the whole test.
-            .retry_interval(Duration::from_secs(30))
-            .build(),
-    )
-    .await
-    .expect("connect");
-    cache.ping().await.expect("the cluster answers");
-
-    // Which master serves each item's key.
-    let masters = cluster.masters();
-    assert_eq!(masters.len(), 3, "{}", cluster.describe());
-    let frozen = masters[0].clone();
-    let (mut on_frozen, mut elsewhere) = (Vec::new(), Vec::new());
+/// Items 1..=60, split into those whose key `master` serves and the others.
+fn split_by_master(cache: &Cache, master: &NodeInfo) -> (Vec<u64>, Vec<u64>) {
+    let (mut on_master, mut elsewhere) = (Vec::new(), Vec::new());
     for id in 1..=60u64 {
         let key = cache
             .entry_key(&ITEM, &ItemKey { item_id: id })
             .expect("renders")
             .key;
         let slot: i64 = redis::from_redis_value(
-            query(frozen.port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
+            query(master.port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
                 .expect("CLUSTER KEYSLOT"),
         )
         .expect("a slot number");
-        let served_by_frozen = frozen
+        let served = master
             .slots
             .iter()
             .any(|&(lo, hi)| (i64::from(lo)..=i64::from(hi)).contains(&slot));
-        if served_by_frozen {
-            on_frozen.push(id);
+        if served {
+            on_master.push(id);
         } else {
             elsewhere.push(id);
         }
     }
     assert!(
-        on_frozen.len() >= 5 && elsewhere.len() >= 10,
-        "keys not spread over the masters: {} on the frozen one, {} elsewhere",
-        on_frozen.len(),
+        on_master.len() >= 5 && elsewhere.len() >= 10,
+        "keys not spread over the masters: {} on port {}, {} elsewhere",
+        on_master.len(),
+        master.port,
         elsewhere.len()
     );
+    (on_master, elsewhere)
+}
+
+async fn connect(cluster: &RedisCluster, test: &str) -> Cache {
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .nodes(cluster.nodes())
+            .prefix(unique_prefix(test))
+            .response_timeout(RESPONSE)
+            // Long enough that skipped slots stay skipped for the whole test.
+            .retry_interval(Duration::from_secs(30))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    cache.ping().await.expect("the cluster answers");
+    cache
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_does_not_stop_caching_on_the_others() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
+        .await
+        .expect("start the cluster");
+    let cache = connect(&cluster, "node_failure").await;
+
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{}", cluster.describe());
+    let frozen = masters[0].clone();
+    let (on_frozen, elsewhere) = split_by_master(&cache, &frozen);
 
     let loads = Arc::new(AtomicUsize::new(0));
     for &id in on_frozen.iter().chain(&elsewhere) {
@@ -139,6 +150,53 @@ async fn a_frozen_master_does_not_stop_caching_on_the_others() {
         "frozen master: first fetch {first:?}, later ones at most {slowest_frozen:?}; other \
          masters: {} hits, slowest {slowest_elsewhere:?}",
         elsewhere.len()
+    );
+    drop(cluster);
+}
+
+/// A master that misses one response timeout but answers again (here: frozen just long enough
+/// for one fetch to time out) is not taken for failed: the node lookup finds it answering a
+/// PING, so its slots stay in use and the timed-out key's slot reopens. Without that check
+/// every key of the master would skip Redis for the whole retry interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_answers_again_keeps_its_slots() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
+        .await
+        .expect("start the cluster");
+    let cache = connect(&cluster, "node_hiccup").await;
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{}", cluster.describe());
+    let slow = masters[0].clone();
+    let (on_slow, elsewhere) = split_by_master(&cache, &slow);
+
+    let loads = Arc::new(AtomicUsize::new(0));
+    for &id in on_slow.iter().chain(&elsewhere) {
+        fetch(&cache, &loads, id).await;
+    }
+    let filled = loads.load(Ordering::SeqCst);
+
+    cluster.pause_port(slow.port);
+    let first = fetch(&cache, &loads, on_slow[0]).await;
+    cluster.resume_port(slow.port);
+    assert!(
+        first >= RESPONSE,
+        "the fetch did not wait for the frozen master ({first:?})"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), filled + 1, "it failed open");
+
+    // The lookup (CLUSTER SLOTS, then a PING of the node) runs in the background: give it
+    // well over its two response timeouts.
+    tokio::time::sleep(RESPONSE * 5).await;
+    let before = loads.load(Ordering::SeqCst);
+    for &id in &on_slow {
+        fetch(&cache, &loads, id).await;
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst) - before,
+        0,
+        "keys of a master that answers again were loaded instead of read from the cache: its \
+         slots were skipped (stats {:?})",
+        cache.stats()
     );
     drop(cluster);
 }
