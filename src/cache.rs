@@ -1183,6 +1183,9 @@ impl Cache {
             Ok(value) => {
                 match value.encode(codec) {
                     Ok(payload) => {
+                        // Waiters get the value now: the fill's round trip need not delay them.
+                        let payload = Arc::new(payload);
+                        guard.publish(FlightState::Done(payload.clone()));
                         if let Some(token) = &lease {
                             let ttl = strategy.fill_ttl_ms(value.is_negative());
                             match budget
@@ -1205,7 +1208,7 @@ impl Cache {
                                 }
                             }
                         }
-                        guard.finish(FlightState::Done(Arc::new(payload)));
+                        guard.finish(FlightState::Done(payload));
                     }
                     Err(e) => {
                         inner.fault(&Error::Encode(e));

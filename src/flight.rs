@@ -141,6 +141,13 @@ impl LeaderGuard {
         self.on_orphaned_lease = None;
     }
 
+    /// Tells the waiters how the flight ends before it has: the leader still has work to do
+    /// (filling Redis) that they need not wait for. Fetches that join from now on get the
+    /// same.
+    pub(crate) fn publish(&self, state: FlightState) {
+        self.tx.send_replace(state);
+    }
+
     pub(crate) fn finish(&mut self, state: FlightState) {
         self.finished = true;
         {

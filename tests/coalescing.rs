@@ -269,3 +269,88 @@ async fn a_lease_wait_is_bounded_by_the_lease_time() {
         .expect("infallible");
     assert_eq!(cached, "from b");
 }
+
+/// Waiters get the loaded value as soon as the leader's loader returns: the leader's fill (a
+/// round trip, held up here by `CLIENT PAUSE WRITE` on a server of the test's own) does not
+/// delay them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_do_not_wait_for_the_leaders_fill() {
+    let server = support::RedisServer::start();
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .url(server.url())
+            .prefix(support::unique_prefix("publish"))
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    cache.ping().await.expect("redis answers");
+
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let leader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let v = cache
+                .fetch(&HOT, &K { id: 7 }, || async move {
+                    let _ = loading_tx.send(());
+                    let _ = go_rx.await;
+                    Ok::<_, Infallible>("loaded".to_string())
+                })
+                .await;
+            (v, Instant::now())
+        })
+    };
+    loading_rx.await.expect("the leader loads");
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let v = cache
+                    .fetch(&HOT, &K { id: 7 }, || async {
+                        Ok::<_, Infallible>("own".to_string())
+                    })
+                    .await;
+                (v, Instant::now())
+            })
+        })
+        .collect();
+    support::wait_until(
+        "ten fetches wait for the load",
+        Duration::from_secs(10),
+        || cache.stats().coalesced_waits >= 10,
+    )
+    .await;
+
+    // The fill is a script: a write, held for 500 ms. Reads go on.
+    let mut raw = support::raw_conn_to(&server.url()).await;
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT PAUSE");
+    let loaded = Instant::now();
+    go_tx.send(()).expect("the loader waits");
+
+    for w in waiters {
+        let (v, at) = w.await.expect("task");
+        assert_eq!(v.expect("infallible"), "loaded");
+        let after = at - loaded;
+        assert!(
+            after < Duration::from_millis(250),
+            "a waiter got the value {after:?} after the load, i.e. after the leader's fill"
+        );
+    }
+    let (v, at) = leader.await.expect("task");
+    assert_eq!(v.expect("infallible"), "loaded");
+    assert!(
+        at - loaded >= Duration::from_millis(400),
+        "the leader's fill was not held up by the pause ({:?}): the test proves nothing",
+        at - loaded
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.coalesced_waits), (1, 10), "{stats:?}");
+}
