@@ -632,8 +632,11 @@ impl RedisBackend {
     /// Which cluster connection requests go to now (0 off a cluster): see `LazyCluster::reset`.
     fn generation(&self) -> u64 {
         #[cfg(feature = "cluster")]
-        if let RedisConn::Cluster(lazy) = &*self.conn.read().unwrap_or_else(|e| e.into_inner()) {
-            return lazy.generation.load(Ordering::Acquire);
+        if self.cluster {
+            if let RedisConn::Cluster(lazy) = &*self.conn.read().unwrap_or_else(|e| e.into_inner())
+            {
+                return lazy.generation.load(Ordering::Acquire);
+            }
         }
         0
     }
