@@ -52,15 +52,19 @@ impl Budget {
         Error::Timeout(self.timeout)
     }
 
-    /// What is left; `None` without a limit.
-    pub(crate) fn left(&self) -> Option<Duration> {
-        self.left
-    }
-
-    /// Counts time this fetch spent waiting on Redis through another fetch (the leader of a
-    /// load it joined).
-    pub(crate) fn charge(&mut self, waited: Duration) {
-        self.left = self.left.map(|l| l.saturating_sub(waited));
+    /// Runs a wait on Redis through another fetch (the leader of a load this one joined),
+    /// which gets what is left (`None`: no limit), and counts the time it took.
+    pub(crate) async fn wait<T, W: Future<Output = T>>(
+        &mut self,
+        wait: impl FnOnce(Option<Duration>) -> W,
+    ) -> T {
+        let Some(left) = self.left else {
+            return wait(None).await;
+        };
+        let start = Instant::now();
+        let out = wait(Some(left)).await;
+        self.left = Some(left.saturating_sub(start.elapsed()));
+        out
     }
 
     /// Nothing left: the next request would fail without being sent.
@@ -116,6 +120,20 @@ mod tests {
             budget.spend(slow(0)).await,
             Err(Error::Timeout(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_through_another_fetch_gets_what_is_left_and_counts() {
+        let mut budget = Started::now(Some(Duration::from_millis(100))).budget();
+        let got = budget
+            .wait(|left| async move {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                left
+            })
+            .await;
+        assert_eq!(got, Some(Duration::from_millis(100)));
+        let left = budget.wait(|left| async move { left }).await;
+        assert_eq!(left, Some(Duration::from_millis(40)));
     }
 
     #[tokio::test]

@@ -1048,9 +1048,7 @@ impl Cache {
                 }
                 Role::Waiter(rx) => {
                     bump(&inner.counters.coalesced_waits);
-                    let since = budget.left().map(|_| Instant::now());
-                    let state = flight::wait(rx, budget.left()).await;
-                    budget.charge(since.map_or(Duration::ZERO, |t| t.elapsed()));
+                    let state = budget.wait(|left| flight::wait(rx, left)).await;
                     let Some(state) = state else {
                         // The leader is still on Redis after this fetch's response timeout:
                         // load rather than wait on Redis longer (the leader fills).

@@ -83,11 +83,8 @@ pub(crate) async fn wait(
 ) -> Option<FlightState> {
     if let Some(limit) = limit {
         let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending));
-        match tokio::time::timeout(limit, off_redis).await {
-            Err(_) => return None,
-            Ok(Err(_)) => return Some(FlightState::Abandoned(None)),
-            Ok(Ok(state)) if !matches!(*state, FlightState::Loading) => return Some(state.clone()),
-            Ok(Ok(_)) => {}
+        if tokio::time::timeout(limit, off_redis).await.is_err() {
+            return None;
         }
     }
     Some(
