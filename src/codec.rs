@@ -425,6 +425,7 @@ impl<'de, 'a: 'de> de::Deserializer<'de> for TextReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::depth::tests::on_2mib_stack;
     use serde::{Deserialize, Serialize};
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -504,17 +505,6 @@ mod tests {
         let mut bytes = vec![1u8; links];
         bytes.push(0);
         bytes
-    }
-
-    /// Runs `f` on a thread with a test thread's default stack (2 MiB), whatever
-    /// `RUST_MIN_STACK` says.
-    fn on_2mib_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-        std::thread::Builder::new()
-            .stack_size(2 << 20)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap()
     }
 
     fn assert_too_deep<V: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) {

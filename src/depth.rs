@@ -258,7 +258,7 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Limited<'_, S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde::Deserialize;
 
@@ -282,7 +282,7 @@ mod tests {
 
     /// Runs `f` on a thread with a test thread's default stack (2 MiB), whatever
     /// `RUST_MIN_STACK` says.
-    fn on_2mib_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    pub(crate) fn on_2mib_stack<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
         std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(f)
