@@ -73,7 +73,21 @@ fn split_by_master(cache: &Cache, master: &NodeInfo) -> (Vec<u64>, Vec<u64>) {
     (on_master, elsewhere)
 }
 
-async fn connect(cluster: &RedisCluster, test: &str) -> Cache {
+/// A private 3-master cluster, a cache on it with every item 1..=60 filled, and the first
+/// master with the items it serves.
+struct Setup {
+    cluster: RedisCluster,
+    cache: Cache,
+    master: NodeInfo,
+    on_master: Vec<u64>,
+    elsewhere: Vec<u64>,
+    loads: Arc<AtomicUsize>,
+}
+
+async fn setup(test: &str) -> Setup {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
+        .await
+        .expect("start the cluster");
     let cache = Cache::connect(
         CacheConfig::builder()
             .nodes(cluster.nodes())
@@ -86,26 +100,35 @@ async fn connect(cluster: &RedisCluster, test: &str) -> Cache {
     .await
     .expect("connect");
     cache.ping().await.expect("the cluster answers");
-    cache
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{}", cluster.describe());
+    let master = masters[0].clone();
+    let (on_master, elsewhere) = split_by_master(&cache, &master);
+    let loads = Arc::new(AtomicUsize::new(0));
+    for &id in on_master.iter().chain(&elsewhere) {
+        fetch(&cache, &loads, id).await;
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 60, "the first fetches load");
+    Setup {
+        cluster,
+        cache,
+        master,
+        on_master,
+        elsewhere,
+        loads,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_master_does_not_stop_caching_on_the_others() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
-        .await
-        .expect("start the cluster");
-    let cache = connect(&cluster, "node_failure").await;
-
-    let masters = cluster.masters();
-    assert_eq!(masters.len(), 3, "{}", cluster.describe());
-    let frozen = masters[0].clone();
-    let (on_frozen, elsewhere) = split_by_master(&cache, &frozen);
-
-    let loads = Arc::new(AtomicUsize::new(0));
-    for &id in on_frozen.iter().chain(&elsewhere) {
-        fetch(&cache, &loads, id).await;
-    }
-    assert_eq!(loads.load(Ordering::SeqCst), 60, "the first fetches load");
+    let Setup {
+        cluster,
+        cache,
+        master: frozen,
+        on_master: on_frozen,
+        elsewhere,
+        loads,
+    } = setup("node_failure").await;
 
     cluster.pause_port(frozen.port);
     let outcome = async {
@@ -160,19 +183,14 @@ async fn a_frozen_master_does_not_stop_caching_on_the_others() {
 /// every key of the master would skip Redis for the whole retry interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_that_answers_again_keeps_its_slots() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start_masters_only)
-        .await
-        .expect("start the cluster");
-    let cache = connect(&cluster, "node_hiccup").await;
-    let masters = cluster.masters();
-    assert_eq!(masters.len(), 3, "{}", cluster.describe());
-    let slow = masters[0].clone();
-    let (on_slow, elsewhere) = split_by_master(&cache, &slow);
-
-    let loads = Arc::new(AtomicUsize::new(0));
-    for &id in on_slow.iter().chain(&elsewhere) {
-        fetch(&cache, &loads, id).await;
-    }
+    let Setup {
+        cluster,
+        cache,
+        master: slow,
+        on_master: on_slow,
+        loads,
+        ..
+    } = setup("node_hiccup").await;
     let filled = loads.load(Ordering::SeqCst);
 
     cluster.pause_port(slow.port);
