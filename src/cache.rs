@@ -11,13 +11,13 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 #[cfg(feature = "cluster")]
 use crate::backend::LazyCluster;
 use crate::backend::{
-    Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
+    Acquire, Backend, Loc, Lookup, Marker, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
 };
 use crate::budget::{Budget, Started};
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
 use crate::error::{ConfigError, Error, KeyError};
-use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Role};
+use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Outcome, Proof, Role};
 use crate::key::CacheKey;
 use crate::kind::{Batch, Counter, Hash, Kind, List, Set, Shape};
 use crate::stats::{bump, Counters, Stats};
@@ -108,6 +108,20 @@ pub struct EntryKey {
     /// The hash field, for [`Hash`](struct@Hash) strategies.
     pub field: Option<Vec<u8>>,
 }
+
+/// What a fetch's read of Redis found, for the load that follows its miss.
+struct Miss {
+    /// The entry held something undecodable: take the lease over it.
+    force: bool,
+    /// The read reached Redis.
+    redis_ok: bool,
+    /// The lease marker the read found, if any.
+    seen: Option<Marker>,
+}
+
+/// How often a fetch starts over after the load it joined could not be proven fresh for it,
+/// before it runs its own loader. Each retry needs an invalidation to race a load.
+const MAX_RETRIES: u32 = 2;
 
 /// A rendered key and hash field.
 struct Rendered {
@@ -593,7 +607,9 @@ impl Cache {
     /// runs its own loader. If the leading fetch is dropped, a waiter takes
     /// over its lease; if its loader fails, the leader gets that error and each waiter runs its
     /// own loader once and gets that result, uncached. A fill whose load began before an
-    /// invalidation of the key never lands.
+    /// invalidation of the key never lands, and a fetch that starts after an invalidation
+    /// returned (in any process) never returns a value loaded before it: a fetch that joined
+    /// such a load starts over ([`Stats::voided_joins`]).
     ///
     /// # Errors
     ///
@@ -652,6 +668,7 @@ impl Cache {
         };
         let mut force = false;
         let mut redis_ok = true;
+        let mut seen = None;
         match read {
             Ok((Lookup::Hit(payload), ttl)) => match V::decode(&payload, codec) {
                 Ok(value) => {
@@ -679,7 +696,8 @@ impl Cache {
                 inner.undecodable(loc.key, &Error::Unavailable);
                 force = true;
             }
-            Ok((Lookup::Miss | Lookup::Leased, _)) => {}
+            Ok((Lookup::Leased(marker), _)) => seen = Some(marker),
+            Ok((Lookup::Miss, _)) => {}
             Err(e) => {
                 inner.fault(&e);
                 redis_ok = false;
@@ -689,8 +707,11 @@ impl Cache {
         self.load_coalesced(
             strategy,
             &rendered,
-            force,
-            redis_ok,
+            Miss {
+                force,
+                redis_ok,
+                seen,
+            },
             started.budget(),
             loader,
         )
@@ -801,7 +822,7 @@ impl Cache {
                             inner.undecodable(&rendered[i].key, &Error::Unavailable);
                             missing.push((i, true));
                         }
-                        Lookup::Miss | Lookup::Leased => missing.push((i, false)),
+                        Lookup::Miss | Lookup::Leased(_) => missing.push((i, false)),
                     }
                 }
                 inner
@@ -1022,8 +1043,7 @@ impl Cache {
         &self,
         strategy: &Strategy<V, K, Kd>,
         rendered: &Rendered,
-        force: bool,
-        redis_ok: bool,
+        miss: Miss,
         mut budget: Budget,
         loader: F,
     ) -> Result<V, E>
@@ -1035,9 +1055,16 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let inner = &*self.inner;
+        let Miss {
+            mut force,
+            redis_ok,
+            mut seen,
+        } = miss;
         let mut inherited = None;
+        let mut retries = 0;
         loop {
-            match inner.flights.join(rendered.flight_key()) {
+            let saw_lease = |token: &Token| seen.as_ref().is_some_and(|m| m.is_of(token));
+            match inner.flights.join(rendered.flight_key(), saw_lease) {
                 Role::Leader(mut guard) => {
                     return self
                         .lead(
@@ -1046,18 +1073,23 @@ impl Cache {
                         )
                         .await;
                 }
-                Role::Waiter(rx) => {
+                Role::Waiter(waiter) => {
                     bump(&inner.counters.coalesced_waits);
-                    let state = budget.wait(|left| flight::wait(rx, left)).await;
-                    let Some(state) = state else {
+                    let waiter = if redis_ok {
+                        waiter
+                    } else {
+                        waiter.trust_early()
+                    };
+                    let outcome = budget.wait(|left| flight::wait(waiter, left)).await;
+                    let Some(outcome) = outcome else {
                         // The leader is still on Redis after this fetch's response timeout:
                         // load rather than wait on Redis longer (the leader fills).
                         inner.fault(&budget.timed_out());
                         bump(&inner.counters.loads);
                         return loader().await;
                     };
-                    match state {
-                        FlightState::Done(payload) => {
+                    match outcome {
+                        Outcome::Value(payload) => {
                             match V::decode(&payload, strategy.get_codec()) {
                                 Ok(value) => return Ok(value),
                                 Err(e) => {
@@ -1067,12 +1099,26 @@ impl Cache {
                                 }
                             }
                         }
-                        FlightState::Failed => {
+                        Outcome::Load => {
                             bump(&inner.counters.loads);
                             return loader().await;
                         }
-                        FlightState::Abandoned(token) => inherited = token,
-                        FlightState::Pending | FlightState::Loading => inherited = None,
+                        Outcome::TakeOver(token) => inherited = token,
+                        Outcome::Retry { voided } => {
+                            if voided {
+                                bump(&inner.counters.voided_joins);
+                            }
+                            retries += 1;
+                            if retries > MAX_RETRIES {
+                                // Invalidations keep racing the loads: this fetch's own load
+                                // cannot predate its start.
+                                bump(&inner.counters.loads);
+                                return loader().await;
+                            }
+                            // What this fetch read is out of date: the new flight's lease
+                            // request reads the entry again.
+                            (inherited, force, seen) = (None, false, None);
+                        }
                     }
                 }
             }
@@ -1136,7 +1182,7 @@ impl Cache {
                                 // Filled between our read and the lease attempt: still a hit.
                                 bump(&inner.counters.hits);
                             }
-                            guard.finish(FlightState::Done(Arc::new(payload)));
+                            guard.finish(FlightState::Done(Arc::new(payload), Proof::Held));
                             return Ok(value);
                         }
                         Err(e) => {
@@ -1153,7 +1199,7 @@ impl Cache {
                         if !waiting {
                             waiting = true;
                             bump(&inner.counters.lease_waits);
-                            guard.off_redis();
+                            guard.waiting();
                         }
                         let now = Instant::now();
                         if now >= deadline {
@@ -1176,22 +1222,25 @@ impl Cache {
             None => guard.drop_lease(),
         }
         bump(&inner.counters.loads);
-        guard.off_redis();
+        guard.loading(lease.clone());
         match loader().await {
             Ok(value) => {
                 match value.encode(codec) {
                     Ok(payload) => {
-                        // Waiters get the value now: the fill's round trip need not delay them.
                         let payload = Arc::new(payload);
-                        guard.publish(FlightState::Done(payload.clone()));
+                        let mut proof = Proof::Unproven;
                         if let Some(token) = &lease {
+                            // Waiters that may take the value now need not wait for the fill's
+                            // round trip; the others wait for its verdict.
+                            guard.loaded(payload.clone());
                             let ttl = strategy.fill_ttl_ms(value.is_negative());
                             match budget
                                 .spend(inner.backend.fill(loc, token, &payload, ttl))
                                 .await
                             {
-                                Ok(true) => {}
+                                Ok(true) => proof = Proof::Held,
                                 Ok(false) => {
+                                    proof = Proof::Voided;
                                     bump(&inner.counters.stale_fills_rejected);
                                     tracing::debug!(key = %String::from_utf8_lossy(loc.key), "cacheobj: fill rejected: the key was invalidated or its lease expired during the load");
                                 }
@@ -1206,7 +1255,7 @@ impl Cache {
                                 }
                             }
                         }
-                        guard.finish(FlightState::Done(payload));
+                        guard.finish(FlightState::Done(payload, proof));
                     }
                     Err(e) => {
                         inner.fault(&Error::Encode(e));

@@ -12,19 +12,87 @@ use crate::value::Payload;
 /// A fetch's identity: the rendered key and, for hash strategies, the field.
 pub(crate) type FlightKey = (Vec<u8>, Vec<u8>);
 
-/// How a flight ended, as its waiters see it.
+/// Where a flight is, as its waiters see it.
 #[derive(Debug, Clone)]
 pub(crate) enum FlightState {
-    /// The leader is on Redis (taking the fill lease).
+    /// The leader is on Redis (taking the fill lease); its loader has not started.
     Pending,
-    /// The leader is done with Redis for now: it loads, or waits for another caller's fill.
-    Loading,
-    /// The leader loaded (or read) this value.
-    Done(Arc<Payload>),
+    /// The leader waits for another caller's fill; its loader has not started.
+    Waiting,
+    /// The leader's loader runs, under this fill lease (`None`: without one; no fill follows).
+    Loading(Option<Token>),
+    /// The loader returned this value, and the fill that may prove it fresh is on its way.
+    Loaded(Arc<Payload>),
+    /// The leader is done: this value, and what Redis said of it.
+    Done(Arc<Payload>, Proof),
     /// The leader's loader failed: each waiter runs its own loader.
     Failed,
     /// The leader was dropped mid-flight; a waiter takes over, inheriting its fill lease.
     Abandoned(Option<Token>),
+}
+
+/// What Redis said of a leader's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// Redis holds it: it was read there, or the fill landed under the lease taken before the
+    /// load, so no invalidation came between the lease and the fill.
+    Held,
+    /// The fill was rejected: an invalidation (or a mutation, or the lease's expiry) came
+    /// during the load, which may predate it.
+    Voided,
+    /// Nothing to tell: the leader loaded without a lease, or its fill failed.
+    Unproven,
+}
+
+/// What a waiter may take from the flight it joined, by where the flight was when it joined.
+/// A fetch must never return a value loaded before an invalidation that returned before the
+/// fetch started (#13): a load that began before this fetch may be such a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// The load starts after this fetch started, or this fetch's own read saw the leader's
+    /// lease still in place (no invalidation since the load began): the value is fresh for it
+    /// as soon as the loader returns.
+    Early,
+    /// The load began before this fetch: its value is fresh for it only if the fill lands,
+    /// which proves that no invalidation came between the lease and the fill.
+    Filled,
+    /// The fill went out before this fetch joined, so it proves nothing for this fetch: start
+    /// over once the flight ends.
+    Reread,
+}
+
+/// What a waiter does when the flight it joined has told it enough.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Return this value.
+    Value(Arc<Payload>),
+    /// Run its own loader: the leader failed, or its value cannot be proven fresh.
+    Load,
+    /// Start over (a new flight, a new lease). `voided`: an invalidation raced the load.
+    Retry { voided: bool },
+    /// Lead, with the dropped leader's lease.
+    TakeOver(Option<Token>),
+}
+
+impl Outcome {
+    /// `None` while the flight has not told a waiter of this trust enough.
+    fn of(state: &FlightState, trust: Trust) -> Option<Outcome> {
+        Some(match state {
+            FlightState::Pending | FlightState::Waiting | FlightState::Loading(_) => return None,
+            FlightState::Loaded(payload) => match trust {
+                Trust::Early => Outcome::Value(payload.clone()),
+                Trust::Filled | Trust::Reread => return None,
+            },
+            FlightState::Done(payload, proof) => match (trust, proof) {
+                (Trust::Early, _) | (Trust::Filled, Proof::Held) => Outcome::Value(payload.clone()),
+                (Trust::Filled, Proof::Voided) => Outcome::Retry { voided: true },
+                (Trust::Filled, Proof::Unproven) => Outcome::Load,
+                (Trust::Reread, _) => Outcome::Retry { voided: false },
+            },
+            FlightState::Failed => Outcome::Load,
+            FlightState::Abandoned(token) => Outcome::TakeOver(token.clone()),
+        })
+    }
 }
 
 type Map = Arc<Mutex<HashMap<FlightKey, Arc<watch::Sender<FlightState>>>>>;
@@ -36,7 +104,29 @@ pub(crate) struct Flights {
 
 pub(crate) enum Role {
     Leader(LeaderGuard),
-    Waiter(watch::Receiver<FlightState>),
+    Waiter(Waiter),
+}
+
+/// A fetch that joined another's flight.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    rx: watch::Receiver<FlightState>,
+    trust: Trust,
+}
+
+impl Waiter {
+    #[cfg(test)]
+    pub(crate) fn trust(&self) -> Trust {
+        self.trust
+    }
+
+    /// Takes the value as soon as the loader returns, whatever the flight's stage: for a fetch
+    /// that could not read Redis (fail-open keeps one load per key while Redis is away; no
+    /// invalidation can be seen then anyway).
+    pub(crate) fn trust_early(mut self) -> Waiter {
+        self.trust = Trust::Early;
+        self
+    }
 }
 
 fn lock(
@@ -47,11 +137,21 @@ fn lock(
 }
 
 impl Flights {
-    /// Joins the flight for `key`, leading it if there is none.
-    pub(crate) fn join(&self, key: FlightKey) -> Role {
+    /// Joins the flight for `key`, leading it if there is none. `saw_lease` tells whether this
+    /// fetch's own read of Redis found the lease `token` in place.
+    pub(crate) fn join(&self, key: FlightKey, saw_lease: impl FnOnce(&Token) -> bool) -> Role {
         let mut map = lock(&self.map);
         if let Some(tx) = map.get(&key) {
-            return Role::Waiter(tx.subscribe());
+            let rx = tx.subscribe();
+            // Read under the map's lock, after this fetch's read returned: a leader that was
+            // still Pending here starts its loader later.
+            let trust = match &*rx.borrow() {
+                FlightState::Pending | FlightState::Waiting => Trust::Early,
+                FlightState::Loading(Some(token)) if saw_lease(token) => Trust::Early,
+                FlightState::Loading(_) => Trust::Filled,
+                _ => Trust::Reread,
+            };
+            return Role::Waiter(Waiter { rx, trust });
         }
         let tx = Arc::new(watch::channel(FlightState::Pending).0);
         map.insert(key.clone(), tx.clone());
@@ -73,30 +173,32 @@ impl Flights {
     }
 }
 
-/// Waits until the flight ends. With a `limit`, gives up (`None`) once the limit has passed
-/// while the leader was still on Redis: the waiter has had its response timeout's worth of
-/// Redis, through the leader. Once the leader loads (or waits for another caller's fill), the
-/// waiter waits for it, as the leader itself would.
-pub(crate) async fn wait(
-    mut rx: watch::Receiver<FlightState>,
-    limit: Option<Duration>,
-) -> Option<FlightState> {
+/// Waits until the flight has told this waiter what to do. With a `limit`, gives up (`None`)
+/// once the limit has passed while the leader was still on Redis: the waiter has had its
+/// response timeout's worth of Redis, through the leader. Once the leader is off Redis (it
+/// loads, or waits for another caller's fill), the waiter waits for it, as the leader itself
+/// would.
+pub(crate) async fn wait(waiter: Waiter, limit: Option<Duration>) -> Option<Outcome> {
+    let Waiter { mut rx, trust } = waiter;
     if let Some(limit) = limit {
         let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending));
         if tokio::time::timeout(limit, off_redis).await.is_err() {
             return None;
         }
     }
-    Some(
-        match rx
-            .wait_for(|s| !matches!(s, FlightState::Pending | FlightState::Loading))
-            .await
-        {
-            Ok(state) => state.clone(),
-            // The leader's guard always reports before it goes; this is only for safety.
-            Err(_) => FlightState::Abandoned(None),
-        },
-    )
+    let mut outcome = None;
+    let told = rx
+        .wait_for(|s| {
+            outcome = Outcome::of(s, trust);
+            outcome.is_some()
+        })
+        .await
+        .is_ok();
+    match outcome {
+        Some(outcome) if told => Some(outcome),
+        // The leader's guard always reports before it goes; this is only for safety.
+        _ => Some(Outcome::TakeOver(None)),
+    }
 }
 
 type ReleaseFn = Box<dyn FnOnce(Token) + Send + Sync>;
@@ -120,16 +222,22 @@ impl LeaderGuard {
         self.on_orphaned_lease = Some(release);
     }
 
-    /// The leader is done with Redis for now (it loads, or waits for another caller's fill):
-    /// its waiters wait for it however long that takes.
-    pub(crate) fn off_redis(&self) {
+    /// The leader waits for another caller's fill: off Redis, its waiters wait for it however
+    /// long that takes.
+    pub(crate) fn waiting(&self) {
         self.tx.send_if_modified(|s| {
             let was_pending = matches!(s, FlightState::Pending);
             if was_pending {
-                *s = FlightState::Loading;
+                *s = FlightState::Waiting;
             }
             was_pending
         });
+    }
+
+    /// The leader's loader starts, under `lease` (or without one). Sent before the loader
+    /// runs, so a fetch that joins later knows the load began before it.
+    pub(crate) fn loading(&self, lease: Option<Token>) {
+        self.tx.send_replace(FlightState::Loading(lease));
     }
 
     /// The leader holds no lease (another holds it, or Redis failed): nothing to hand over.
@@ -138,11 +246,11 @@ impl LeaderGuard {
         self.on_orphaned_lease = None;
     }
 
-    /// Tells the waiters how the flight ends before it has: the leader still has work to do
-    /// (filling Redis) that they need not wait for. Fetches that join from now on get the
-    /// same.
-    pub(crate) fn publish(&self, state: FlightState) {
-        self.tx.send_replace(state);
+    /// Tells the waiters the loaded value before the fill: those that may take it at once
+    /// need not wait for the fill's round trip. Sent before the fill goes out, so a fetch that
+    /// joins from now on knows the fill proves nothing for it.
+    pub(crate) fn loaded(&self, payload: Arc<Payload>) {
+        self.tx.send_replace(FlightState::Loaded(payload));
     }
 
     pub(crate) fn finish(&mut self, state: FlightState) {
@@ -184,81 +292,177 @@ mod tests {
         (b"k".to_vec(), Vec::new())
     }
 
+    fn payload(v: &[u8]) -> Arc<Payload> {
+        Arc::new(Payload::Bytes(v.to_vec()))
+    }
+
+    fn join(flights: &Flights) -> Role {
+        flights.join(key(), |_| false)
+    }
+
+    fn lead(flights: &Flights) -> LeaderGuard {
+        let Role::Leader(leader) = join(flights) else {
+            panic!("first joiner must lead");
+        };
+        leader
+    }
+
+    fn wait_on(flights: &Flights) -> Waiter {
+        let Role::Waiter(waiter) = join(flights) else {
+            panic!("a later joiner must wait");
+        };
+        waiter
+    }
+
+    fn value_of(outcome: Option<Outcome>) -> Vec<u8> {
+        match outcome {
+            Some(Outcome::Value(p)) => match &*p {
+                Payload::Bytes(b) => b.clone(),
+                other => panic!("unexpected payload {other:?}"),
+            },
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn second_joiner_waits_for_the_first() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
-            panic!("first joiner must lead");
+        let mut leader = lead(&flights);
+        let waiter = wait_on(&flights);
+        leader.finish(FlightState::Done(payload(b"v"), Proof::Held));
+        assert_eq!(value_of(wait(waiter, None).await), b"v");
+        assert!(matches!(join(&flights), Role::Leader(_)));
+    }
+
+    #[test]
+    fn trust_follows_where_the_flight_was_at_the_join() {
+        let flights = Flights::default();
+        let leader = lead(&flights);
+        assert_eq!(wait_on(&flights).trust(), Trust::Early, "pending");
+        leader.waiting();
+        assert_eq!(wait_on(&flights).trust(), Trust::Early, "waiting");
+        let token = Token::new();
+        leader.loading(Some(token.clone()));
+        assert_eq!(wait_on(&flights).trust(), Trust::Filled, "loading");
+        let Role::Waiter(saw) = flights.join(key(), |t| *t == token) else {
+            panic!("must wait");
         };
-        let Role::Waiter(rx) = flights.join(key()) else {
-            panic!("second joiner must wait");
+        assert_eq!(saw.trust(), Trust::Early, "loading, own read saw the lease");
+        let Role::Waiter(other) = flights.join(key(), |t| *t == Token::new()) else {
+            panic!("must wait");
         };
-        leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
-        assert!(
-            matches!(wait(rx, None).await, Some(FlightState::Done(p)) if *p == Payload::Bytes(b"v".to_vec()))
-        );
-        assert!(matches!(flights.join(key()), Role::Leader(_)));
+        assert_eq!(other.trust(), Trust::Filled, "loading, another lease seen");
+        leader.loaded(payload(b"v"));
+        assert_eq!(wait_on(&flights).trust(), Trust::Reread, "fill sent");
+        assert_eq!(wait_on(&flights).trust_early().trust(), Trust::Early);
+    }
+
+    /// The race of #13: a fetch joins a load that began before another process's invalidation
+    /// (its read no longer sees the lease), and the fill is then rejected. It must not get the
+    /// voided value; a fetch that joined before the load began may.
+    #[tokio::test]
+    async fn a_voided_load_is_retried_by_those_who_joined_after_it_began() {
+        let flights = Flights::default();
+        let mut leader = lead(&flights);
+        let early = wait_on(&flights);
+        leader.loading(Some(Token::new()));
+        let late = wait_on(&flights);
+        leader.loaded(payload(b"old"));
+        let after_fill_sent = wait_on(&flights);
+        leader.finish(FlightState::Done(payload(b"old"), Proof::Voided));
+        assert_eq!(value_of(wait(early, None).await), b"old");
+        assert!(matches!(
+            wait(late, None).await,
+            Some(Outcome::Retry { voided: true })
+        ));
+        assert!(matches!(
+            wait(after_fill_sent, None).await,
+            Some(Outcome::Retry { voided: false })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_landed_fill_serves_those_who_joined_during_the_load() {
+        let flights = Flights::default();
+        let mut leader = lead(&flights);
+        leader.loading(Some(Token::new()));
+        let late = wait_on(&flights);
+        leader.loaded(payload(b"v"));
+        leader.finish(FlightState::Done(payload(b"v"), Proof::Held));
+        assert_eq!(value_of(wait(late, None).await), b"v");
+    }
+
+    #[tokio::test]
+    async fn a_load_without_lease_serves_only_those_who_joined_before_it() {
+        let flights = Flights::default();
+        let mut leader = lead(&flights);
+        let early = wait_on(&flights);
+        leader.loading(None);
+        let late = wait_on(&flights);
+        let failed_read = wait_on(&flights).trust_early();
+        leader.finish(FlightState::Done(payload(b"v"), Proof::Unproven));
+        assert_eq!(value_of(wait(early, None).await), b"v");
+        assert_eq!(value_of(wait(failed_read, None).await), b"v");
+        assert!(matches!(wait(late, None).await, Some(Outcome::Load)));
+    }
+
+    #[tokio::test]
+    async fn early_waiters_do_not_wait_for_the_fill() {
+        let flights = Flights::default();
+        let leader = lead(&flights);
+        let early = wait_on(&flights);
+        leader.loading(Some(Token::new()));
+        leader.loaded(payload(b"v"));
+        // The leader has not finished (its fill is on the wire): the early waiter has its value.
+        assert_eq!(value_of(wait(early, None).await), b"v");
+        drop(leader);
     }
 
     #[tokio::test]
     async fn dropped_leader_hands_over_its_lease() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
-            panic!("first joiner must lead");
-        };
+        let mut leader = lead(&flights);
         let token = Token::new();
         leader.hold_lease(
             token.clone(),
             Box::new(|_| panic!("must not release: a waiter inherits")),
         );
-        let Role::Waiter(rx) = flights.join(key()) else {
-            panic!("second joiner must wait");
-        };
+        let waiter = wait_on(&flights);
         drop(leader);
-        assert!(
-            matches!(wait(rx, None).await, Some(FlightState::Abandoned(Some(t))) if t == token)
-        );
+        assert!(matches!(wait(waiter, None).await, Some(Outcome::TakeOver(Some(t))) if t == token));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_on_a_leader_still_on_redis_after_its_limit() {
         let flights = Flights::default();
-        let Role::Leader(_leader) = flights.join(key()) else {
-            panic!("first joiner must lead");
-        };
-        let Role::Waiter(rx) = flights.join(key()) else {
-            panic!("second joiner must wait");
-        };
+        let _leader = lead(&flights);
+        let waiter = wait_on(&flights);
         let before = tokio::time::Instant::now();
-        assert!(wait(rx, Some(Duration::from_millis(100))).await.is_none());
+        assert!(wait(waiter, Some(Duration::from_millis(100)))
+            .await
+            .is_none());
         assert_eq!(before.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_waits_for_a_leader_that_loads_past_its_limit() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
-            panic!("first joiner must lead");
-        };
-        let Role::Waiter(rx) = flights.join(key()) else {
-            panic!("second joiner must wait");
-        };
-        leader.off_redis();
+        let mut leader = lead(&flights);
+        let waiter = wait_on(&flights);
+        leader.loading(None);
         let load = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
+            leader.finish(FlightState::Done(payload(b"v"), Proof::Unproven));
         });
-        let got = wait(rx, Some(Duration::from_millis(100))).await;
-        assert!(matches!(got, Some(FlightState::Done(_))), "{got:?}");
+        let got = wait(waiter, Some(Duration::from_millis(100))).await;
+        assert_eq!(value_of(got), b"v");
         load.await.unwrap();
     }
 
     #[tokio::test]
     async fn dropped_leader_without_waiters_releases() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
-            panic!("first joiner must lead");
-        };
+        let mut leader = lead(&flights);
         let released = Arc::new(Mutex::new(None));
         let seen = released.clone();
         let token = Token::new();

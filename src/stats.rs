@@ -37,6 +37,11 @@ pub struct Stats {
     pub stale_fills_rejected: u64,
     /// Early refreshes of hot keys (XFetch) that were started.
     pub early_refreshes: u64,
+    /// Fetches that joined a load in this process which an invalidation then voided (its
+    /// fill was rejected), and so started over rather than return a value that may predate
+    /// the invalidation. Each costs at most one extra load per key, and only when an
+    /// invalidation actually raced a load.
+    pub voided_joins: u64,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) lease_timeouts: AtomicU64,
     pub(crate) stale_fills_rejected: AtomicU64,
     pub(crate) early_refreshes: AtomicU64,
+    pub(crate) voided_joins: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -71,6 +77,7 @@ impl Counters {
             lease_timeouts: get(&self.lease_timeouts),
             stale_fills_rejected: get(&self.stale_fills_rejected),
             early_refreshes: get(&self.early_refreshes),
+            voided_joins: get(&self.voided_joins),
         }
     }
 }

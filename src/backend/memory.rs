@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use super::{is_lease, Acquire, Loc, Lookup, Token, EMPTY_MARKER, LEASE_PREFIX};
+use super::{is_lease, Acquire, Loc, Lookup, Marker, Token, EMPTY_MARKER, LEASE_PREFIX};
 use crate::error::Error;
 use crate::kind::Shape;
 use crate::value::Payload;
@@ -122,7 +122,7 @@ fn collection_payload(value: &Stored, shape: Shape) -> Option<Lookup> {
             Some(Lookup::Hit(Payload::Elems(items.iter().cloned().collect())))
         }
         (Stored::Str(v), _) if v == EMPTY_MARKER => Some(Lookup::Hit(Payload::Elems(Vec::new()))),
-        (Stored::Str(v), _) if is_lease(v) => Some(Lookup::Leased),
+        (Stored::Str(v), _) if is_lease(v) => Some(Lookup::Leased(Marker::new(v.clone()))),
         _ => None,
     }
 }
@@ -164,11 +164,11 @@ impl MemoryBackend {
             return Ok(Lookup::Miss);
         };
         Ok(match (loc.shape, &entry.value) {
-            (Shape::Str, Stored::Str(v)) if is_lease(v) => Lookup::Leased,
+            (Shape::Str, Stored::Str(v)) if is_lease(v) => Lookup::Leased(Marker::new(v.clone())),
             (Shape::Str, Stored::Str(v)) => Lookup::Hit(Payload::Bytes(v.clone())),
             (Shape::Hash, Stored::Hash(h)) => match h.get(loc.field) {
                 None => Lookup::Miss,
-                Some(v) if is_lease(v) => Lookup::Leased,
+                Some(v) if is_lease(v) => Lookup::Leased(Marker::new(v.clone())),
                 Some(v) => Lookup::Hit(Payload::Bytes(v.clone())),
             },
             (Shape::List | Shape::Set, value) => {

@@ -35,7 +35,7 @@ pub(crate) enum Lookup {
     Hit(Payload),
     Miss,
     /// A fill lease: someone is loading the value.
-    Leased,
+    Leased(Marker),
     /// Something this library did not write (another type, a foreign string).
     Garbage,
 }
@@ -49,6 +49,23 @@ pub(crate) enum Acquire {
     Hit(Payload),
     /// Someone else holds the lease.
     Leased,
+}
+
+/// The lease marker a read found, to tell whose lease it is (empty when the read could not
+/// see it, as for lists and sets).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Marker(Vec<u8>);
+
+impl Marker {
+    pub(crate) fn new(bytes: Vec<u8>) -> Marker {
+        Marker(bytes)
+    }
+
+    /// Whether this is the marker of the lease `token` (a string marker, or a hash marker,
+    /// which ends with the token after its deadline).
+    pub(crate) fn is_of(&self, token: &Token) -> bool {
+        is_lease(&self.0) && self.0.ends_with(token.as_str().as_bytes())
+    }
 }
 
 pub(crate) fn is_lease(bytes: &[u8]) -> bool {

@@ -15,7 +15,7 @@ use super::batch::{deliver, Batch, Failure, ReadBatcher, Turn};
 #[cfg(feature = "cluster")]
 use super::breaker::slot;
 use super::breaker::{now_ms, Breaker, Scope};
-use super::{is_lease, Acquire, Loc, Lookup, Token};
+use super::{is_lease, Acquire, Loc, Lookup, Marker, Token};
 use crate::error::{is_connection_error, Error};
 use crate::kind::Shape;
 use crate::value::Payload;
@@ -555,7 +555,7 @@ fn string_lookup(v: Value) -> Lookup {
     match v {
         Value::Nil => Lookup::Miss,
         other => match into_bytes(other) {
-            Some(b) if is_lease(&b) => Lookup::Leased,
+            Some(b) if is_lease(&b) => Lookup::Leased(Marker::new(b)),
             Some(b) => Lookup::Hit(Payload::Bytes(b)),
             None => Lookup::Garbage,
         },
@@ -1029,7 +1029,7 @@ impl RedisBackend {
                     .await?;
                 Ok(match coded_reply(reply, loc.shape)? {
                     (0, _) => Lookup::Miss,
-                    (1, _) => Lookup::Leased,
+                    (1, _) => Lookup::Leased(Marker::default()),
                     (2, Some(p)) => Lookup::Hit(p),
                     _ => Lookup::Garbage,
                 })
@@ -1345,7 +1345,7 @@ mod tests {
         assert!(matches!(string_lookup(Value::Int(3)), Lookup::Garbage));
         assert!(matches!(
             string_lookup(Value::BulkString(b"\xC1cacheobj:lease:x".to_vec())),
-            Lookup::Leased
+            Lookup::Leased(_)
         ));
         assert!(opt_u64(Value::Okay).is_err());
     }

@@ -16,6 +16,7 @@
 //! Only std + tokio + redis are used; signals go through the `kill` command.
 #![allow(dead_code)]
 pub mod cluster;
+pub mod history;
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
