@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::backend::Token;
 use crate::value::Payload;
@@ -174,31 +175,52 @@ impl Flights {
 }
 
 /// Waits until the flight has told this waiter what to do. With a `limit`, gives up (`None`)
-/// once the limit has passed while the leader was still on Redis: the waiter has had its
-/// response timeout's worth of Redis, through the leader. Once the leader is off Redis (it
-/// loads, or waits for another caller's fill), the waiter waits for it, as the leader itself
-/// would.
+/// once the limit has passed while the flight was on Redis for this waiter: while the leader
+/// takes its lease, and, for a waiter that needs the fill's verdict, while the fill is on the
+/// wire. The waiter has then had its response timeout's worth of Redis, through the leader.
+/// The leader's loader, or its wait for another caller's fill, is not time on Redis: the
+/// waiter waits for it, as the leader itself would.
 pub(crate) async fn wait(waiter: Waiter, limit: Option<Duration>) -> Option<Outcome> {
     let Waiter { mut rx, trust } = waiter;
+    let mut left = limit;
     if let Some(limit) = limit {
+        let started = Instant::now();
         let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending));
         if tokio::time::timeout(limit, off_redis).await.is_err() {
             return None;
         }
+        left = Some(limit.saturating_sub(started.elapsed()));
     }
     let mut outcome = None;
     let told = rx
         .wait_for(|s| {
             outcome = Outcome::of(s, trust);
-            outcome.is_some()
+            outcome.is_some() || matches!(s, FlightState::Loaded(_))
         })
         .await
         .is_ok();
-    match outcome {
-        Some(outcome) if told => Some(outcome),
-        // The leader's guard always reports before it goes; this is only for safety.
-        _ => Some(Outcome::TakeOver(None)),
+    if let Some(outcome) = outcome.take() {
+        return Some(outcome);
     }
+    if told {
+        // Loaded, and this waiter needs the fill's verdict: the fill is on Redis.
+        let verdict = rx.wait_for(|s| {
+            outcome = Outcome::of(s, trust);
+            outcome.is_some()
+        });
+        let told = match left {
+            Some(left) => match tokio::time::timeout(left, verdict).await {
+                Ok(told) => told.is_ok(),
+                Err(_) => return None,
+            },
+            None => verdict.await.is_ok(),
+        };
+        if let (true, Some(outcome)) = (told, outcome) {
+            return Some(outcome);
+        }
+    }
+    // The leader's guard always reports before it goes; this is only for safety.
+    Some(Outcome::TakeOver(None))
 }
 
 type ReleaseFn = Box<dyn FnOnce(Token) + Send + Sync>;
@@ -416,6 +438,26 @@ mod tests {
         // The leader has not finished (its fill is on the wire): the early waiter has its value.
         assert_eq!(value_of(wait(early, None).await), b"v");
         drop(leader);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_needs_the_verdict_gives_up_on_a_slow_fill_after_its_limit() {
+        let flights = Flights::default();
+        let leader = lead(&flights);
+        leader.loading(Some(Token::new()));
+        let late = wait_on(&flights);
+        let load = tokio::spawn(async move {
+            // A long load is not time on Redis ...
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            leader.loaded(payload(b"v"));
+            // ... but a fill that never answers is.
+            std::future::pending::<()>().await;
+            drop(leader);
+        });
+        let before = tokio::time::Instant::now();
+        assert!(wait(late, Some(Duration::from_millis(100))).await.is_none());
+        assert_eq!(before.elapsed(), Duration::from_millis(600));
+        load.abort();
     }
 
     #[tokio::test]
