@@ -51,9 +51,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("  -> {item:?}");
 
     println!("rename item 1, then invalidate:");
-    cache
+    let written = cache
         .invalidate_after(&ITEM, &key, || async { Ok::<_, cacheobj::Error>(()) })
         .await?;
+    if let Some(error) = written.cache_error() {
+        println!("  (invalidation queued for retry: {error})");
+    }
     let item = cache.fetch(&ITEM, &key, || load_item(1)).await?;
     println!("  -> {item:?}");
 

@@ -20,9 +20,11 @@ use crate::error::{ConfigError, Error, KeyError};
 use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Outcome, Proof, Role};
 use crate::key::CacheKey;
 use crate::kind::{Batch, Counter, Hash, Kind, List, Set, Shape};
+use crate::pending::{Pending, Queued};
 use crate::stats::{bump, Counters, Stats};
 use crate::strategy::Strategy;
 use crate::value::{CacheValue, Collection, Payload};
+use crate::written::{Invalidation, Written};
 
 /// Runs [`Strategy`]s against Redis or the embedded in-memory backend.
 ///
@@ -75,6 +77,10 @@ struct Inner {
     /// failed), with how many background releases follow it. A fetch that finds such an entry
     /// leased does not wait for a fill that is likely never to come.
     orphans: Arc<Mutex<HashMap<FlightKey, usize>>>,
+    /// Invalidations that failed after their write committed, retried until they land.
+    pending: Arc<Pending>,
+    /// Whether `invalidate`, `invalidate_many` and `hash_del` queue their failures too.
+    queue_failed: bool,
 }
 
 impl fmt::Debug for Cache {
@@ -502,6 +508,8 @@ impl Cache {
                 flights: Flights::default(),
                 refreshing: Mutex::new(HashSet::new()),
                 orphans: Arc::new(Mutex::new(HashMap::new())),
+                pending: Pending::new(config.invalidation_queue),
+                queue_failed: config.queue_failed_invalidations,
             }),
         }
     }
@@ -517,7 +525,13 @@ impl Cache {
     /// ```
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        let pending = &self.inner.pending;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        stats.invalidations_queued = get(&pending.queued);
+        stats.invalidations_retried = get(&pending.retried);
+        stats.invalidations_dropped = get(&pending.dropped);
+        stats
     }
 
     /// Checks that Redis answers.
@@ -661,6 +675,15 @@ impl Cache {
             && Kd::SHAPE == Shape::Str
             && strategy.expire_after().is_some();
         let started = Started::now(inner.backend.response_timeout());
+        if !inner.pending.is_empty() {
+            if let Err(e) = self.settled(&rendered).await {
+                // This entry's invalidation has not landed: Redis may still hold what it
+                // removes.
+                inner.fault(&e);
+                bump(&inner.counters.loads);
+                return loader().await;
+            }
+        }
         let read = if early {
             inner.backend.read_with_ttl(loc).await
         } else {
@@ -782,6 +805,18 @@ impl Cache {
                 return check_len(values, keys.len());
             }
         };
+        if !inner.pending.is_empty() {
+            for r in &rendered {
+                if let Err(e) = self.settled(r).await {
+                    // An invalidation among these keys has not landed: none of them is read
+                    // from Redis (nor filled) this time.
+                    inner.fault(&e);
+                    bump(&inner.counters.loads);
+                    let values = loader(keys.to_vec()).await?;
+                    return check_len(values, keys.len());
+                }
+            }
+        }
         let locs: Vec<Loc<'_>> = rendered.iter().map(Rendered::loc).collect();
         let mut values: Vec<Option<V>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
         // Payloads of what was loaded, for duplicates of missing keys to decode.
@@ -1034,9 +1069,28 @@ impl Cache {
             }
         };
         forget();
+        if !self.inner.pending.is_empty() {
+            for r in &rendered {
+                self.settled(r).await?;
+            }
+        }
         let result = self.inner.backend.invalidate_many(&locs).await;
         forget();
-        result
+        match result {
+            Err(e) if self.inner.queue_failed && e.is_unavailable() => {
+                // Each key's invalidation is retried; the batch reports the first failure.
+                let mut queued = true;
+                for r in &rendered {
+                    queued &= matches!(self.queue(r, Error::Unavailable), Invalidation::Queued(_));
+                }
+                Err(if queued {
+                    Error::InvalidationQueued(Box::new(e))
+                } else {
+                    e
+                })
+            }
+            other => other,
+        }
     }
 
     async fn load_coalesced<V, K, Kd, F, Fut, E>(
@@ -1417,9 +1471,61 @@ impl Cache {
     ) -> Result<T, Error> {
         let flight_key = rendered.flight_key();
         self.inner.flights.forget(&flight_key);
+        // A queued invalidation of this entry lands first: a counter or list mutation must
+        // not change what it removes.
+        self.settled(rendered).await?;
         let result = op.await;
         self.inner.flights.forget(&flight_key);
         result
+    }
+
+    /// Lands this entry's queued invalidation, if it has one, so the entry may be read.
+    ///
+    /// # Errors
+    ///
+    /// The invalidation still fails: do not read the entry from Redis.
+    async fn settled(&self, rendered: &Rendered) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.pending.is_empty() {
+            return Ok(());
+        }
+        inner
+            .pending
+            .settle(&inner.backend, &rendered.flight_key())
+            .await
+    }
+
+    /// Queues a failed invalidation for retry, if its error is one a retry can cure.
+    fn queue(&self, rendered: &Rendered, error: Error) -> Invalidation {
+        let inner = &*self.inner;
+        if !error.is_unavailable() {
+            return Invalidation::NotRetried(error);
+        }
+        match inner
+            .pending
+            .push(rendered.flight_key(), rendered.shape, &inner.backend)
+        {
+            Queued::Yes => {
+                tracing::warn!(%error, "cacheobj: invalidation failed; queued and retried until it lands");
+                Invalidation::Queued(error)
+            }
+            Queued::Full => {
+                tracing::error!(%error, "cacheobj: invalidation failed and the retry queue is full: the entry may be served until its TTL");
+                Invalidation::NotRetried(error)
+            }
+        }
+    }
+
+    /// Invalidates one rendered entry; a failure is queued when `queue` says so.
+    async fn invalidate_rendered(&self, rendered: &Rendered, queue: bool) -> Invalidation {
+        match self
+            .mutate(rendered, self.inner.backend.invalidate(rendered.loc()))
+            .await
+        {
+            Ok(()) => Invalidation::Done,
+            Err(e) if queue => self.queue(rendered, e),
+            Err(e) => Invalidation::NotRetried(e),
+        }
     }
 
     /// Removes the entry: exactly what [`fetch`](Self::fetch) would read. A fill whose load
@@ -1453,16 +1559,30 @@ impl Cache {
         Kd: Kind,
     {
         let rendered = self.render(strategy, key)?;
-        self.mutate(&rendered, self.inner.backend.invalidate(rendered.loc()))
+        match self
+            .invalidate_rendered(&rendered, self.inner.queue_failed)
             .await
+        {
+            Invalidation::Done => Ok(()),
+            Invalidation::Queued(e) => Err(Error::InvalidationQueued(Box::new(e))),
+            Invalidation::NotRetried(e) => Err(e),
+        }
     }
 
     /// Runs `write` (say, a database update), then invalidates the entry: Flask-CacheOBJ's
     /// `delete_obj`. Nothing is invalidated when `write` fails.
     ///
+    /// A write that succeeded is never reported as failed: the result is [`Written`], with
+    /// the write's value and what became of the invalidation. One that failed because Redis is
+    /// down or slow is queued and retried in the background until it lands (bounded by
+    /// [`CacheConfig::invalidation_queue`]; [`Stats::invalidations_queued`],
+    /// [`Stats::invalidations_retried`] and [`Stats::invalidations_dropped`] count it), and
+    /// this process does not read the entry from Redis until it has: its fetches load
+    /// instead. Other processes may read the old entry until the retry lands.
+    ///
     /// # Errors
     ///
-    /// `write`'s error, or the invalidation's, converted into `E`.
+    /// Only `write`'s own error, untouched.
     ///
     /// # Examples
     ///
@@ -1473,12 +1593,13 @@ impl Cache {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let cache = Cache::in_memory();
-    /// let rows = cache
+    /// let written = cache
     ///     .invalidate_after(&ITEM, &ItemKey { item_id: 1 }, || async {
-    ///         Ok::<u64, cacheobj::Error>(1) // UPDATE items SET ... WHERE id = 1
+    ///         Ok::<u64, std::io::Error>(1) // UPDATE items SET ... WHERE id = 1
     ///     })
     ///     .await?;
-    /// assert_eq!(rows, 1);
+    /// assert!(written.is_invalidated());
+    /// assert_eq!(written.into_value(), 1);
     /// # Ok(())
     /// # }
     /// ```
@@ -1487,17 +1608,20 @@ impl Cache {
         strategy: &Strategy<V, K, Kd>,
         key: &K,
         write: F,
-    ) -> Result<T, E>
+    ) -> Result<Written<T>, E>
     where
         K: CacheKey,
         Kd: Kind,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
     {
-        let out = write().await?;
-        self.invalidate(strategy, key).await?;
-        Ok(out)
+        let value = write().await?;
+        let invalidation = match self.render(strategy, key) {
+            Ok(rendered) => self.invalidate_rendered(&rendered, true).await,
+            // Nothing can be cached under a key that does not render.
+            Err(e) => Invalidation::NotRetried(Error::Key(e)),
+        };
+        Ok(Written::new(value, invalidation))
     }
 
     /// Deletes the hash field of a [`Hash`](struct@Hash) strategy (Flask-CacheOBJ's `hash_del`).
@@ -1554,6 +1678,7 @@ impl Cache {
         Kd: Kind,
     {
         let rendered = self.render(strategy, key)?;
+        self.settled(&rendered).await?;
         Ok(matches!(
             self.inner.backend.read(rendered.loc()).await?,
             Lookup::Hit(_)
@@ -1692,6 +1817,7 @@ impl Cache {
         key: &K,
     ) -> Result<Option<i64>, Error> {
         let rendered = self.render(strategy, key)?;
+        self.settled(&rendered).await?;
         Ok(match self.inner.backend.read(rendered.loc()).await? {
             Lookup::Hit(Payload::Bytes(b)) => {
                 std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
@@ -1779,6 +1905,7 @@ impl Cache {
         key: &K,
     ) -> Result<Option<u64>, Error> {
         let rendered = self.render(strategy, key)?;
+        self.settled(&rendered).await?;
         self.inner.backend.len(rendered.loc()).await
     }
 
@@ -1986,6 +2113,7 @@ impl Cache {
     ) -> Result<Option<bool>, Error> {
         let rendered = self.render(strategy, key)?;
         let elem = encode_text(strategy.get_codec(), elem).map_err(Error::Encode)?;
+        self.settled(&rendered).await?;
         self.inner.backend.contains(rendered.loc(), &elem).await
     }
 }

@@ -78,6 +78,18 @@ pub struct CacheConfig {
     /// input cannot put huge keys into Redis. Default: 1024.
     #[builder(default = 1024)]
     pub max_key_len: usize,
+    /// How many failed invalidations may wait for retry at once (one per entry, however often
+    /// it fails). When the queue is full, a failed invalidation is not retried: the caller is
+    /// told ([`Invalidation::NotRetried`](crate::Invalidation::NotRetried)) and
+    /// [`Stats::invalidations_dropped`](crate::Stats::invalidations_dropped) counts it. `0`
+    /// turns retrying off. Default: 10,000.
+    #[builder(default = 10_000)]
+    pub invalidation_queue: usize,
+    /// Whether `invalidate`, `invalidate_many` and `hash_del` queue their failures for retry
+    /// too, as `invalidate_after` always does; they still return the error, as
+    /// [`Error::InvalidationQueued`](crate::Error::InvalidationQueued). Default: `false`.
+    #[builder(default = false)]
+    pub queue_failed_invalidations: bool,
 }
 
 impl Default for CacheConfig {

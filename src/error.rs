@@ -45,6 +45,10 @@ pub enum Error {
     /// passed (see [`CacheConfig::retry_interval`](crate::CacheConfig::retry_interval)).
     #[error("redis is unavailable: it failed recently and is retried after the retry interval")]
     Unavailable,
+    /// An invalidation failed (see the source) and is queued: it is retried in the background
+    /// until it lands, and this process does not read the entry from Redis until then.
+    #[error("invalidation failed and is queued: it is retried until redis answers")]
+    InvalidationQueued(#[source] Box<Error>),
 }
 
 impl Error {
@@ -61,6 +65,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Timeout(_) | Error::Unavailable => true,
+            Error::InvalidationQueued(e) => e.is_unavailable(),
             Error::Redis(e) => is_connection_error(e),
             _ => false,
         }

@@ -13,10 +13,12 @@ mod error;
 mod flight;
 mod key;
 mod kind;
+mod pending;
 mod stats;
 mod strategy;
 mod template;
 mod value;
+mod written;
 
 pub use cache::{Cache, EntryKey};
 pub use cacheobj_derive::CacheKey;
@@ -28,6 +30,7 @@ pub use kind::{Batch, Counter, Hash, Kind, List, Obj, Set};
 pub use stats::Stats;
 pub use strategy::{Strategy, DEFAULT_LEASE};
 pub use value::{CacheValue, Collection};
+pub use written::{Invalidation, Written};
 
 /// The `redis` crate this library is built on, for building clients and connections to hand to
 /// [`Cache::from_client`] and [`Cache::from_connection`].

@@ -42,6 +42,17 @@ pub struct Stats {
     /// the invalidation. Each costs at most one extra load per key, and only when an
     /// invalidation actually raced a load.
     pub voided_joins: u64,
+    /// Invalidations that failed (Redis down or slow) and were queued for retry: by
+    /// [`Cache::invalidate_after`](crate::Cache::invalidate_after), and by `invalidate`,
+    /// `invalidate_many` and `hash_del` when
+    /// [`CacheConfig::queue_failed_invalidations`](crate::CacheConfig::queue_failed_invalidations)
+    /// is set.
+    pub invalidations_queued: u64,
+    /// Queued invalidations that have since landed.
+    pub invalidations_retried: u64,
+    /// Failed invalidations that were not queued because the queue was full: their entries may
+    /// be served until their TTL.
+    pub invalidations_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +89,10 @@ impl Counters {
             stale_fills_rejected: get(&self.stale_fills_rejected),
             early_refreshes: get(&self.early_refreshes),
             voided_joins: get(&self.voided_joins),
+            // Kept by the retry queue; `Cache::stats` fills them in.
+            invalidations_queued: 0,
+            invalidations_retried: 0,
+            invalidations_dropped: 0,
         }
     }
 }

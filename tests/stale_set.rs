@@ -103,11 +103,13 @@ async fn invalidate_after_beats_a_slow_obj_fill() {
             "v1".to_string(),
             "v2".to_string(),
             || async move {
-                c.invalidate_after(&OBJ, &K { id: 1 }, || async {
-                    Ok::<_, cacheobj::Error>(())
-                })
-                .await
-                .expect("write and invalidate");
+                let written = c
+                    .invalidate_after(&OBJ, &K { id: 1 }, || async {
+                        Ok::<_, cacheobj::Error>(())
+                    })
+                    .await
+                    .expect("write");
+                assert!(written.is_invalidated(), "{:?}", written.invalidation());
             },
         )
         .await;

@@ -341,10 +341,15 @@ async fn exercise_every_operation(what: &str, cache: &Cache) {
         row(1, "c"),
         "{what}"
     );
-    cache
+    let written = cache
         .invalidate_after(&OBJ, &k, || async { Ok::<_, Error>(()) })
         .await
         .unwrap();
+    assert!(
+        written.is_invalidated(),
+        "{what}: {:?}",
+        written.invalidation()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2, "{what}: obj loads");
 
     // Negative caching, and an early-refresh strategy (GET + PTTL).

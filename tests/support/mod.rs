@@ -339,22 +339,42 @@ fn probe(port: u16, pid: u32) -> bool {
 }
 
 /// A private, throwaway `redis-server` on a free loopback port, with its own
-/// temp dir and no persistence. Killed (and its dir removed) on drop.
+/// temp dir and no persistence (unless [`start_persistent`](Self::start_persistent)).
+/// Killed (and its dir removed) on drop.
 pub struct RedisServer {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts a new server on a free loopback port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), with an append-only file synced on every write, so what
+    /// was written survives [`stop`](Self::stop) (a SIGKILL) and comes back on
+    /// [`restart`](Self::restart): a restart that loses nothing.
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let dir = unique_temp_dir();
         let mut last_err = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, &dir) {
-                Ok(child) => return RedisServer { port, child, dir },
+            match spawn_ready(port, &dir, persistent) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        child,
+                        dir,
+                        persistent,
+                    }
+                }
                 // Most likely somebody grabbed the port in between: try another one.
                 Err(e) => last_err = e,
             }
@@ -389,7 +409,7 @@ impl RedisServer {
             if attempt > 0 {
                 thread::sleep(Duration::from_millis(200 * attempt as u64));
             }
-            match spawn_ready(self.port, &self.dir) {
+            match spawn_ready(self.port, &self.dir, self.persistent) {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -437,7 +457,7 @@ impl Drop for RedisServer {
 /// Spawns `redis-server` on `port` with `dir` as working dir and waits (up to
 /// [`READY_TIMEOUT`]) until it answers PING. On failure the child is reaped and
 /// an error (with the server's log) is returned.
-fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
+fn spawn_ready(port: u16, dir: &Path, persistent: bool) -> Result<Child, String> {
     let bin = redis_server_binary();
     let out = File::create(dir.join("stdout.log"))
         .map_err(|e| format!("cannot create {}: {e}", dir.join("stdout.log").display()))?;
@@ -449,7 +469,11 @@ fn spawn_ready(port: u16, dir: &Path) -> Result<Child, String> {
         .arg(port.to_string())
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
-        .args(["--appendonly", "no"])
+        .args(if persistent {
+            ["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            ["--appendonly", "no", "--appendfsync", "everysec"]
+        })
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
