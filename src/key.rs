@@ -25,6 +25,10 @@ use crate::template::{is_value_byte, Template, MAX_FIELDS};
 /// assert_eq!(ItemKey::FIELDS, &["item_id"]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a cache key: add `#[derive(CacheKey)]` next to its `#[derive(Serialize)]`",
+    label = "`{Self}` needs `#[derive(CacheKey)]`"
+)]
 pub trait CacheKey: Serialize {
     /// The serde names of the key's fields, in the order serde serializes them.
     const FIELDS: &'static [&'static str];
