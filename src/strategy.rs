@@ -163,6 +163,10 @@ impl<V, K: CacheKey, Kd: Kind> Strategy<V, K, Kd> {
 impl<V, K> Strategy<V, K, Obj> {
     /// An object strategy: one value under the key `template` renders to.
     ///
+    /// In a typed `const` the declared type gives the value and key types, so no turbofish is
+    /// needed; `Strategy::<V, K>::obj(..)` is the same strategy, and is needed only where no
+    /// type is written.
+    ///
     /// # Panics
     ///
     /// Panics if the template is invalid; in a `const` that is a compile error.
@@ -172,8 +176,9 @@ impl<V, K> Strategy<V, K, Obj> {
     /// ```
     /// # use cacheobj::{CacheKey, Strategy};
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
-    /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>");
     /// assert_eq!(ITEM.key_template(), "item:<item_id>");
+    /// assert_eq!(ITEM, Strategy::<String, ItemKey>::obj("item:<item_id>"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
