@@ -52,14 +52,19 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 /// ```
 /// use cacheobj::{CacheKey, Counter, CounterValue, Strategy};
 /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
-/// #[derive(serde::Serialize, serde::Deserialize)]
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 /// #[serde(transparent)]
 /// struct Views(u64);
 /// impl CounterValue for Views {}
 ///
 /// const VIEWS: Strategy<Views, ItemKey, Counter> = Strategy::counter("views:<item_id>");
-/// # let _ = VIEWS;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let (cache, key) = (cacheobj::Cache::in_memory(), ItemKey { item_id: 1 });
+/// cache.fetch(&VIEWS, &key, || async { Ok::<_, std::io::Error>(Views(41)) }).await?;
+/// assert_eq!(cache.incr(&VIEWS, &key, 1).await?, Some(42));
+/// # Ok(())
+/// # }
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a counter value: counters hold integers",
