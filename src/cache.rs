@@ -106,7 +106,7 @@ impl fmt::Debug for Cache {
 /// assert_eq!(entry.field.as_deref(), Some(&b"3"[..]));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct EntryKey {
     /// The Redis key, prefix included.

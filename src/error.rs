@@ -32,11 +32,13 @@ pub enum Error {
     /// A value could not be encoded for storage.
     #[error("value could not be encoded")]
     Encode(#[source] CodecError),
-    /// Redis answered with an error, or the connection failed.
-    #[error("redis command failed")]
+    /// Redis answered with an error, or the connection failed. The message names the kind
+    /// (authentication refused, permission denied, connection refused, wrong type, out of
+    /// memory, ...) and what to check; the source has Redis's own words.
+    #[error("{}", redis_message(.0))]
     Redis(#[from] redis::RedisError),
     /// Redis did not answer within the configured response timeout.
-    #[error("redis did not answer within {0:?}")]
+    #[error("redis did not answer within {0:?}: check the server's load and the network, or raise response_timeout")]
     Timeout(std::time::Duration),
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
@@ -70,6 +72,44 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// What a Redis error means for whoever reads the log line, and what to check. The error's
+/// own text (Redis's reply, the OS error) stays in `source()`.
+fn redis_message(e: &redis::RedisError) -> &'static str {
+    use redis::ErrorKind;
+    if e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS")) {
+        return "redis refused authentication: check the configured username and password";
+    }
+    match e.code() {
+        Some("NOAUTH") => {
+            return "redis requires authentication: configure a username and password";
+        }
+        Some("NOPERM") => {
+            return "redis denied permission for a command or key (NOPERM): grant the ACL user the commands the cache runs and the keys under its prefix";
+        }
+        Some("WRONGTYPE") => {
+            return "redis holds another type under this key (WRONGTYPE): something else writes under the strategy's keys; give the cache its own prefix";
+        }
+        Some("OOM") => {
+            return "redis is out of memory and refuses writes (OOM): raise maxmemory or set an evicting maxmemory-policy such as allkeys-lru";
+        }
+        Some("READONLY") => {
+            return "redis is a read-only replica (READONLY): point the cache at the primary";
+        }
+        Some("LOADING") => return "redis is loading its dataset: it answers once loaded",
+        _ => {}
+    }
+    if e.is_connection_refusal() {
+        return "redis refused the connection: check that a server listens at the configured host and port";
+    }
+    if e.is_timeout() {
+        return "redis timed out: check the server's load and the network, or raise the timeouts";
+    }
+    if e.is_io_error() || e.is_connection_dropped() {
+        return "the connection to redis failed: check the network and the server";
+    }
+    "redis command failed"
 }
 
 pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {

@@ -25,9 +25,29 @@ use crate::template::{is_value_byte, Template, MAX_FIELDS};
 /// assert_eq!(ItemKey::FIELDS, &["item_id"]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a cache key: add `#[derive(CacheKey)]` next to its `#[derive(Serialize)]`",
+    label = "`{Self}` needs `#[derive(CacheKey)]`"
+)]
 pub trait CacheKey: Serialize {
     /// The serde names of the key's fields, in the order serde serializes them.
     const FIELDS: &'static [&'static str];
+}
+
+/// Prints the key and field as escaped text (`key: "s:1"`), not as a list of bytes.
+impl std::fmt::Debug for crate::EntryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Text<'a>(&'a [u8]);
+        impl std::fmt::Debug for Text<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "\"{}\"", self.0.escape_ascii())
+            }
+        }
+        f.debug_struct("EntryKey")
+            .field("key", &Text(&self.key))
+            .field("field", &self.field.as_deref().map(Text))
+            .finish()
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -553,6 +573,26 @@ mod tests {
             y: None,
         };
         assert_eq!(r("<x>", &pct), "p:%25N");
+    }
+
+    #[test]
+    fn entry_keys_debug_as_escaped_text() {
+        let entry = crate::EntryKey {
+            key: b"s:1\"\xff".to_vec(),
+            field: Some(b"f\n".to_vec()),
+        };
+        assert_eq!(
+            format!("{entry:?}"),
+            r#"EntryKey { key: "s:1\"\xff", field: Some("f\n") }"#
+        );
+        let plain = crate::EntryKey {
+            key: b"s:1".to_vec(),
+            field: None,
+        };
+        assert_eq!(
+            format!("{plain:?}"),
+            r#"EntryKey { key: "s:1", field: None }"#
+        );
     }
 
     #[test]

@@ -86,6 +86,11 @@ kinds! {
 /// batchable::<cacheobj::Hash>();
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`fetch_many` cannot batch a `{Self}` strategy",
+    label = "`fetch_many` reads obj, counter and hash strategies",
+    note = "fetch list and set entries one at a time with `fetch`"
+)]
 pub trait Batch: Kind {}
 
 impl Batch for Obj {}

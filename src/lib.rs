@@ -28,7 +28,7 @@ pub use error::{CodecError, ConfigError, Error, KeyError};
 pub use key::CacheKey;
 pub use kind::{Batch, Counter, Hash, Kind, List, Obj, Set};
 pub use stats::Stats;
-pub use strategy::{Strategy, DEFAULT_LEASE};
+pub use strategy::{CounterValue, NegativeValue, Strategy, DEFAULT_LEASE};
 pub use value::{CacheValue, Collection};
 pub use written::{Invalidation, Written};
 

@@ -10,6 +10,7 @@ use crate::error::KeyError;
 use crate::key::{render, CacheKey};
 use crate::kind::{Counter, Hash, Kind, List, Obj, Set};
 use crate::template::Template;
+use crate::value::Collection;
 
 /// The longest TTL or lease a strategy keeps: 100 years. Longer ones are clamped to it, so
 /// that Redis (which refuses expiry times past `i64` milliseconds) and the in-memory clock
@@ -33,6 +34,75 @@ const fn clamp_ms(ms: u64) -> u64 {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
+/// The values a [`Counter`] strategy holds: integers, which Redis stores as decimal text and
+/// `INCRBY` changes in place. Implemented for the primitive integers; implement it for a
+/// newtype that serializes as one of them (`#[serde(transparent)]`).
+///
+/// A counter of any other type would store what no `incr` can change, so it does not compile:
+///
+/// ```compile_fail,E0277
+/// # use cacheobj::{CacheKey, Counter, Strategy};
+/// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+/// const NAME: Strategy<String, ItemKey, Counter> = Strategy::counter("name:<item_id>");
+/// ```
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{CacheKey, Counter, CounterValue, Strategy};
+/// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// #[serde(transparent)]
+/// struct Views(u64);
+/// impl CounterValue for Views {}
+///
+/// const VIEWS: Strategy<Views, ItemKey, Counter> = Strategy::counter("views:<item_id>");
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let (cache, key) = (cacheobj::Cache::in_memory(), ItemKey { item_id: 1 });
+/// cache.fetch(&VIEWS, &key, || async { Ok::<_, std::io::Error>(Views(41)) }).await?;
+/// assert_eq!(cache.incr(&VIEWS, &key, 1).await?, Some(42));
+/// # Ok(())
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a counter value: counters hold integers",
+    label = "a counter strategy holds an integer type such as `i64`",
+    note = "use an integer type, an `Obj` strategy for other values, or implement `CounterValue` for a newtype that serializes as an integer"
+)]
+pub trait CounterValue {}
+
+macro_rules! counter_values {
+    ($($t:ty),*) => {$(impl CounterValue for $t {})*};
+}
+
+counter_values!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
+/// The values that [`Strategy::negative_expire`] applies to: those with a "not found". `Option<T>`
+/// (`None`) for [`Obj`] and [`Hash`](struct@Hash) strategies, any [`Collection`] (empty) for
+/// [`List`] and [`Set`] strategies. Implement it for a newtype around an `Option` that
+/// serializes as the `Option` does.
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{NegativeValue, Obj};
+/// fn negative<V: NegativeValue<Obj>>() {}
+/// negative::<Option<String>>();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`negative_expire` never applies to `{Self}` values: they have no \"not found\"",
+    label = "negative caching needs a value that can say \"not found\"",
+    note = "cache `Option<{Self}>` and let the loader return `None` for a missing row (for a list or set strategy, an empty collection), or leave `negative_expire` out"
+)]
+pub trait NegativeValue<Kd> {}
+
+impl<T> NegativeValue<Obj> for Option<T> {}
+impl<T> NegativeValue<Hash> for Option<T> {}
+impl<C: Collection> NegativeValue<List> for C {}
+impl<C: Collection> NegativeValue<Set> for C {}
 
 /// Ties a strategy to its types without owning any (so it is `Send`, `Sync` and `Copy`).
 type Types<V, K, Kd> = PhantomData<fn() -> (V, K, Kd)>;
@@ -95,8 +165,12 @@ impl<V, K: CacheKey, Kd: Kind> Strategy<V, K, Kd> {
     }
 }
 
-impl<V, K: CacheKey> Strategy<V, K, Obj> {
+impl<V, K> Strategy<V, K, Obj> {
     /// An object strategy: one value under the key `template` renders to.
+    ///
+    /// In a typed `const` the declared type gives the value and key types, so no turbofish is
+    /// needed; `Strategy::<V, K>::obj(..)` is the same strategy, and is needed only where no
+    /// type is written.
     ///
     /// # Panics
     ///
@@ -107,17 +181,21 @@ impl<V, K: CacheKey> Strategy<V, K, Obj> {
     /// ```
     /// # use cacheobj::{CacheKey, Strategy};
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
-    /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>");
     /// assert_eq!(ITEM.key_template(), "item:<item_id>");
+    /// assert_eq!(ITEM, Strategy::<String, ItemKey>::obj("item:<item_id>"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn obj(template: &'static str) -> Self {
+    pub const fn obj(template: &'static str) -> Self
+    where
+        K: CacheKey,
+    {
         Self::new(Template::parse(template, K::FIELDS), None)
     }
 }
 
-impl<V, K: CacheKey> Strategy<V, K, Counter> {
+impl<V, K> Strategy<V, K, Counter> {
     /// A counter strategy: an integer stored as decimal text, which `incr`/`decr` change in place.
     ///
     /// # Panics
@@ -134,12 +212,16 @@ impl<V, K: CacheKey> Strategy<V, K, Counter> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn counter(template: &'static str) -> Self {
+    pub const fn counter(template: &'static str) -> Self
+    where
+        V: CounterValue,
+        K: CacheKey,
+    {
         Self::new(Template::parse(template, K::FIELDS), None)
     }
 }
 
-impl<V, K: CacheKey> Strategy<V, K, List> {
+impl<V, K> Strategy<V, K, List> {
     /// A list strategy: an ordered Redis LIST of elements.
     ///
     /// # Panics
@@ -156,12 +238,16 @@ impl<V, K: CacheKey> Strategy<V, K, List> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn list(template: &'static str) -> Self {
+    pub const fn list(template: &'static str) -> Self
+    where
+        V: Collection,
+        K: CacheKey,
+    {
         Self::new(Template::parse(template, K::FIELDS), None)
     }
 }
 
-impl<V, K: CacheKey> Strategy<V, K, Set> {
+impl<V, K> Strategy<V, K, Set> {
     /// A set strategy: an unordered Redis SET of elements.
     ///
     /// # Panics
@@ -178,12 +264,16 @@ impl<V, K: CacheKey> Strategy<V, K, Set> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn set(template: &'static str) -> Self {
+    pub const fn set(template: &'static str) -> Self
+    where
+        V: Collection,
+        K: CacheKey,
+    {
         Self::new(Template::parse(template, K::FIELDS), None)
     }
 }
 
-impl<V, K: CacheKey> Strategy<V, K, Hash> {
+impl<V, K> Strategy<V, K, Hash> {
     /// A hash strategy: values live in field `field` of the Redis hash `hash_key`. Both are
     /// templates.
     ///
@@ -202,7 +292,10 @@ impl<V, K: CacheKey> Strategy<V, K, Hash> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn hash(hash_key: &'static str, field: &'static str) -> Self {
+    pub const fn hash(hash_key: &'static str, field: &'static str) -> Self
+    where
+        K: CacheKey,
+    {
         Self::new(
             Template::parse(field, K::FIELDS),
             Some(Template::parse(hash_key, K::FIELDS)),
@@ -255,8 +348,22 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     /// assert_eq!(ITEM.negative_expire_after(), Some(std::time::Duration::from_secs(30)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// Only for values that have a "not found": `Option<T>` for obj and hash strategies, a
+    /// collection for list and set strategies (see [`NegativeValue`]). On any other value it would
+    /// never apply, so it does not compile:
+    ///
+    /// ```compile_fail,E0277
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> =
+    ///     Strategy::<String, ItemKey>::obj("item:<item_id>").negative_expire(30);
+    /// ```
     #[must_use]
-    pub const fn negative_expire(mut self, secs: u64) -> Self {
+    pub const fn negative_expire(mut self, secs: u64) -> Self
+    where
+        V: NegativeValue<Kd>,
+    {
         if secs == 0 {
             panic!("cacheobj: negative_expire(0) would expire entries at once: leave it out to cache \"not found\" like any value");
         }

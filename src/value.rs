@@ -31,6 +31,11 @@ pub enum Payload {
 /// # let _ = MEMBERS;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a collection that a list or set strategy can hold",
+    label = "a list or set strategy holds a `Vec`, `VecDeque`, `HashSet` or `BTreeSet`",
+    note = "hold `Vec<T>`, `VecDeque<T>`, `HashSet<T>` or `BTreeSet<T>` of serde elements, or use an obj strategy for one value"
+)]
 pub trait Collection: Sized {
     /// The element type.
     type Elem: Serialize + DeserializeOwned;
@@ -95,6 +100,11 @@ impl<T: Serialize + DeserializeOwned + Ord> Collection for BTreeSet<T> {
 /// cacheable::<Option<String>>();
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a value that `{Kd}` strategies can cache",
+    label = "not a value this strategy can cache",
+    note = "obj, counter and hash values derive `Serialize` and `Deserialize`; list and set values are a `Vec`, `VecDeque`, `HashSet` or `BTreeSet` of such elements"
+)]
 pub trait CacheValue<Kd: Kind>: Sized {
     #[doc(hidden)]
     fn encode(&self, codec: Codec) -> Result<Payload, CodecError>;

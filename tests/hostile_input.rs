@@ -91,6 +91,9 @@ const ALLOCATION_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 struct Raw(Vec<u8>);
 
+// Not an integer: on purpose, so that a counter strategy plants any bytes.
+impl cacheobj::CounterValue for Raw {}
+
 impl Serialize for Raw {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&self.0)
