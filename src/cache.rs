@@ -16,7 +16,7 @@ use crate::backend::{
 use crate::budget::{Budget, Started};
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
-use crate::error::{ConfigError, Error, KeyError};
+use crate::error::{BatchError, ConfigError, Error, KeyError};
 use crate::flight::{self, FlightKey, FlightState, Flights, LeaderGuard, Outcome, Proof, Role};
 use crate::key::CacheKey;
 use crate::kind::{Batch, Counter, Hash, Kind, List, Set, Shape};
@@ -221,14 +221,14 @@ fn cluster_certs(
 }
 
 /// The loader must return one value per key it was given.
-fn check_len<V, E: From<Error>>(values: Vec<V>, expected: usize) -> Result<Vec<V>, E> {
+fn check_len<V, E>(values: Vec<V>, expected: usize) -> Result<Vec<V>, BatchError<E>> {
     if values.len() == expected {
         Ok(values)
     } else {
-        Err(Error::InvalidArgument(
-            "fetch_many: the loader must return one value per key it is given, in order",
-        )
-        .into())
+        Err(BatchError::Cache(Error::BatchLength {
+            expected,
+            got: values.len(),
+        }))
     }
 }
 
@@ -748,12 +748,14 @@ impl Cache {
     /// per key it gets, in that order; use `Option<V>` values and
     /// [`Strategy::negative_expire`] for keys it cannot find. Keys whose lease another caller
     /// holds are loaded too, but not filled. Fails open like [`fetch`](Self::fetch); unlike it,
-    /// does not coalesce with concurrent fetches in this process.
+    /// does not coalesce with concurrent fetches in this process. A loader that finds rows by
+    /// key is simpler with [`fetch_many_by_key`](Self::fetch_many_by_key), which takes a map.
     ///
     /// # Errors
     ///
-    /// The loader's error, or [`Error::InvalidArgument`] (converted into `E`) when the loader
-    /// returns a different number of values than it was given keys.
+    /// [`BatchError::Loader`] with the loader's own error, or [`BatchError::Cache`] with
+    /// [`Error::BatchLength`] when the loader returns a different number of values than it was
+    /// given keys.
     ///
     /// # Examples
     ///
@@ -781,15 +783,22 @@ impl Cache {
         strategy: &Strategy<V, K, Kd>,
         keys: &[K],
         loader: F,
-    ) -> Result<Vec<V>, E>
+    ) -> Result<Vec<V>, BatchError<E>>
     where
         K: CacheKey + Clone,
         Kd: Batch,
         V: CacheValue<Kd>,
         F: FnOnce(Vec<K>) -> Fut,
         Fut: Future<Output = Result<Vec<V>, E>>,
-        E: From<Error>,
     {
+        let loader = |keys: Vec<K>| {
+            let expected = keys.len();
+            let loaded = loader(keys);
+            async move {
+                let values = loaded.await.map_err(BatchError::Loader)?;
+                check_len(values, expected)
+            }
+        };
         let inner = &*self.inner;
         let codec = strategy.get_codec();
         let rendered = match keys
@@ -801,8 +810,7 @@ impl Cache {
             Err(e) => {
                 inner.fault(&Error::Key(e));
                 bump(&inner.counters.loads);
-                let values = loader(keys.to_vec()).await?;
-                return check_len(values, keys.len());
+                return loader(keys.to_vec()).await;
             }
         };
         if !inner.pending.is_empty() {
@@ -812,8 +820,7 @@ impl Cache {
                     // from Redis (nor filled) this time.
                     inner.fault(&e);
                     bump(&inner.counters.loads);
-                    let values = loader(keys.to_vec()).await?;
-                    return check_len(values, keys.len());
+                    return loader(keys.to_vec()).await;
                 }
             }
         }
@@ -950,9 +957,7 @@ impl Cache {
                 }
                 bump(&inner.counters.loads);
                 let wanted: Vec<K> = missing.iter().map(|&(i, _)| keys[i].clone()).collect();
-                let loaded = loader(wanted)
-                    .await
-                    .and_then(|loaded| check_len(loaded, missing.len()));
+                let loaded = loader(wanted).await;
                 let loaded = match loaded {
                     Ok(loaded) => loaded,
                     Err(e) => {
@@ -1019,14 +1024,74 @@ impl Cache {
             match value {
                 Some(v) => out.push(v),
                 None => {
-                    return Err(Error::InvalidArgument(
+                    return Err(BatchError::Cache(Error::InvalidArgument(
                         "fetch_many: a duplicate key's value could not be re-decoded",
-                    )
-                    .into())
+                    )))
                 }
             }
         }
         Ok(out)
+    }
+
+    /// [`fetch_many`](Self::fetch_many) with a loader that returns what it found by key (a
+    /// `WHERE id IN (...)` query's rows, collected into a `HashMap`), so it need not put them
+    /// in order. A key absent from the map was not found: it comes back `None`, and is cached
+    /// for the strategy's [`negative_expire`](Strategy::negative_expire) when it has one. Keys
+    /// the loader was not given but returns are ignored. The strategy's values must be
+    /// `Option`s: that is what makes "not found" expressible.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError::Loader`] with the loader's own error, untouched (it needs no
+    /// `From<cacheobj::Error>`); [`BatchError::Cache`] only if the codec cannot decode a value
+    /// it has just encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const NAME: Strategy<Option<String>, ItemKey> =
+    ///     Strategy::obj("name:<item_id>").expire(60).negative_expire(5);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let keys: Vec<ItemKey> = (1..=3).map(|item_id| ItemKey { item_id }).collect();
+    /// let names = cache
+    ///     .fetch_many_by_key(&NAME, &keys, |missing: Vec<ItemKey>| async move {
+    ///         // SELECT id, name FROM items WHERE id IN (...): item 2 does not exist
+    ///         let rows = missing.into_iter().filter(|k| k.item_id != 2);
+    ///         Ok::<_, std::io::Error>(rows.map(|k| { let n = format!("item {}", k.item_id); (k, n) }).collect::<HashMap<_, _>>())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(names, [Some("item 1".to_string()), None, Some("item 3".to_string())]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch_many_by_key<T, K, Kd, F, Fut, E, S>(
+        &self,
+        strategy: &Strategy<Option<T>, K, Kd>,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Option<T>>, BatchError<E>>
+    where
+        K: CacheKey + Clone + Eq + std::hash::Hash,
+        Kd: Batch,
+        Option<T>: CacheValue<Kd>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, T, S>, E>>,
+        S: std::hash::BuildHasher,
+    {
+        self.fetch_many(strategy, keys, |wanted: Vec<K>| {
+            let found = loader(wanted.clone());
+            async move {
+                let mut found = found.await?;
+                Ok(wanted.iter().map(|k| found.remove(k)).collect())
+            }
+        })
+        .await
     }
 
     /// Removes many entries in one round trip (a pipeline; not atomic as a whole, each removal

@@ -47,6 +47,17 @@ pub enum Error {
     /// passed (see [`CacheConfig::retry_interval`](crate::CacheConfig::retry_interval)).
     #[error("redis is unavailable: it failed recently and is retried after the retry interval")]
     Unavailable,
+    /// An ordered `fetch_many` loader returned a different number of values than it was given
+    /// keys: return one value per key, in order, or use
+    /// [`Cache::fetch_many_by_key`](crate::Cache::fetch_many_by_key), whose loader returns a
+    /// map.
+    #[error("fetch_many's loader returned {got} values for {expected} keys: return one per key, in order, or use fetch_many_by_key")]
+    BatchLength {
+        /// How many keys the loader was given.
+        expected: usize,
+        /// How many values it returned.
+        got: usize,
+    },
     /// An invalidation failed (see the source) and is queued: it is retried in the background
     /// until it lands, and this process does not read the entry from Redis until then.
     #[error("invalidation failed and is queued: it is retried until redis answers")]
@@ -280,6 +291,47 @@ impl serde::de::Error for CodecError {
     }
 }
 
+/// Why [`Cache::fetch_many`](crate::Cache::fetch_many) or
+/// [`Cache::fetch_many_by_key`](crate::Cache::fetch_many_by_key) failed: the loader's own error,
+/// untouched (so a loader can return `sqlx::Error` or any error of yours), or the library's.
+///
+/// # Examples
+///
+/// ```
+/// use cacheobj::{BatchError, Error};
+/// let e: BatchError<std::io::Error> = BatchError::Loader(std::io::Error::other("db down"));
+/// assert_eq!(e.to_string(), "db down");
+/// let e: BatchError<std::io::Error> = BatchError::Cache(Error::BatchLength { expected: 2, got: 1 });
+/// assert!(e.to_string().starts_with("fetch_many's loader"));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BatchError<E> {
+    /// The loader failed; nothing was cached.
+    Loader(E),
+    /// The library failed: the loader's result did not fit the keys it was given.
+    Cache(Error),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for BatchError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The loader's error reads as it would without the cache.
+            BatchError::Loader(e) => e.fmt(f),
+            BatchError::Cache(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for BatchError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            BatchError::Loader(e) => e.source(),
+            BatchError::Cache(e) => e.source(),
+        }
+    }
+}
+
 // Compile-time proof that errors can cross threads and live in `Box<dyn Error + Send + Sync>`.
 const _: fn() = || {
     fn check<T: StdError + Send + Sync + 'static>() {}
@@ -287,4 +339,5 @@ const _: fn() = || {
     check::<ConfigError>();
     check::<KeyError>();
     check::<CodecError>();
+    check::<BatchError<std::io::Error>>();
 };

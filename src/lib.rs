@@ -24,7 +24,7 @@ pub use cache::{Cache, EntryKey};
 pub use cacheobj_derive::CacheKey;
 pub use codec::Codec;
 pub use config::CacheConfig;
-pub use error::{CodecError, ConfigError, Error, KeyError};
+pub use error::{BatchError, CodecError, ConfigError, Error, KeyError};
 pub use key::CacheKey;
 pub use kind::{Batch, Counter, Hash, Kind, List, Obj, Set};
 pub use stats::Stats;

@@ -3,12 +3,13 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cacheobj::{CacheKey, Counter, Hash, Strategy};
+use cacheobj::{BatchError, CacheKey, Counter, Hash, Strategy};
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Serialize, CacheKey)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, CacheKey)]
 struct K {
     id: u64,
 }
@@ -114,7 +115,13 @@ async fn a_loader_that_returns_the_wrong_count_is_an_error() {
             })
             .await;
         assert!(
-            matches!(r, Err(cacheobj::Error::InvalidArgument(_))),
+            matches!(
+                r,
+                Err(BatchError::Cache(cacheobj::Error::BatchLength {
+                    expected: 2,
+                    got: 1
+                }))
+            ),
             "{label}: {r:?}"
         );
         assert!(
@@ -197,5 +204,102 @@ async fn an_invalidation_during_a_batch_load_wins() {
             "{label}: the other filled"
         );
         assert_eq!(cache.stats().stale_fills_rejected, 1, "{label}");
+    }
+}
+
+/// A database error that knows nothing of the cache (as `sqlx::Error` does not): the loader
+/// returns it untouched, with no `From<cacheobj::Error>`.
+#[derive(Debug, PartialEq)]
+struct DbError(&'static str);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+const MAYBE_H: Strategy<Option<String>, K, Hash> = Strategy::hash("batch:mh", "<id>")
+    .expire(600)
+    .negative_expire(30);
+
+#[tokio::test]
+async fn fetch_many_by_key_takes_a_map_and_caches_absent_keys_as_not_found() {
+    for (label, cache) in support::backends("batch_by_key").await {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let load = |seen: Arc<Mutex<Vec<Vec<u64>>>>| {
+            move |missing: Vec<K>| async move {
+                seen.lock()
+                    .unwrap()
+                    .push(missing.iter().map(|k| k.id).collect());
+                // Rows come back in the database's order, and row 2 does not exist.
+                let rows: HashMap<K, String> = missing
+                    .into_iter()
+                    .rev()
+                    .filter(|k| k.id != 2)
+                    .map(|k| {
+                        let name = format!("row {}", k.id);
+                        (k, name)
+                    })
+                    .collect();
+                Ok::<_, DbError>(rows)
+            }
+        };
+        let want = [
+            Some("row 3".to_string()),
+            None,
+            Some("row 1".to_string()),
+            Some("row 3".to_string()),
+        ];
+        let got = cache
+            .fetch_many_by_key(&MAYBE, &keys(&[3, 2, 1, 3]), load(seen.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(got, want, "{label}");
+        // Everything is cached now, the absent key as not found.
+        let again = cache
+            .fetch_many_by_key(&MAYBE, &keys(&[3, 2, 1, 3]), load(seen.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(again, want, "{label}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [vec![3, 2, 1]],
+            "{label}: one load, deduplicated"
+        );
+
+        let got = cache
+            .fetch_many_by_key(&MAYBE_H, &keys(&[1, 2]), load(seen.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(got, [Some("row 1".to_string()), None], "{label}: hash");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_loaders_own_error_comes_back_untouched() {
+    for (label, cache) in support::backends("batch_loader_error").await {
+        let r = cache
+            .fetch_many_by_key(&MAYBE, &keys(&[1]), |_: Vec<K>| async {
+                Err::<HashMap<K, String>, _>(DbError("connection reset"))
+            })
+            .await;
+        match r {
+            Err(BatchError::Loader(e)) => assert_eq!(e, DbError("connection reset"), "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+        let r = cache
+            .fetch_many(&NAME, &keys(&[1]), |_: Vec<K>| async {
+                Err::<Vec<String>, _>(DbError("timeout"))
+            })
+            .await;
+        let e = r.expect_err("the loader failed");
+        assert_eq!(
+            e.to_string(),
+            "timeout",
+            "{label}: reads as the loader's error"
+        );
+        assert!(!cache.exists(&NAME, &K { id: 1 }).await.unwrap(), "{label}");
     }
 }
