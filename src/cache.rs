@@ -6,13 +6,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 
-#[cfg(feature = "cluster")]
-use crate::backend::LazyCluster;
-use crate::backend::{
-    Acquire, Backend, Loc, Lookup, MemoryBackend, Rebuild, RedisBackend, RedisConn, Token,
-};
+use crate::backend::{Acquire, Backend, Loc, Lookup, MemoryBackend, RedisBackend, Token};
 use crate::budget::{Budget, Started};
 use crate::codec::encode_text;
 use crate::config::CacheConfig;
@@ -336,8 +332,10 @@ impl Cache {
                 ConfigError::Url(e)
             }
         })?;
-        let conn = RedisConn::Cluster(Arc::new(LazyCluster::new(client)));
-        let cache = Cache::with_redis(conn, None, &config);
+        let cache = Cache::with_backend(
+            Backend::Redis(RedisBackend::cluster(client, &config)),
+            &config,
+        );
         let warm = cache.clone();
         tokio::spawn(async move {
             let _ = warm.ping().await;
@@ -372,20 +370,8 @@ impl Cache {
     /// ```
     pub async fn from_client(client: redis::Client, config: CacheConfig) -> Result<Cache, Error> {
         config.check_limits()?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            // The backend bounds every request with its own timer, which also covers waiting
-            // for a reconnect; a second timer per request inside redis-rs would only cost
-            // (about 1,000 instructions per hit, measured with callgrind).
-            .set_response_timeout(None)
-            .set_number_of_retries(0);
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
-        let rebuild = Rebuild {
-            client,
-            config: manager_config,
-        };
-        let cache = Cache::with_redis(RedisConn::Manager(manager), Some(rebuild), &config);
+        let backend = RedisBackend::from_client(client, &config)?;
+        let cache = Cache::with_backend(Backend::Redis(backend), &config);
         // Connect in the background, so the first fetch does not wait for it.
         let warm = cache.clone();
         tokio::spawn(async move {
@@ -422,21 +408,8 @@ impl Cache {
         config: CacheConfig,
     ) -> Result<Cache, Error> {
         config.check_limits()?;
-        Ok(Cache::with_redis(
-            RedisConn::Multiplexed(conn),
-            None,
-            &config,
-        ))
-    }
-
-    fn with_redis(conn: RedisConn, rebuild: Option<Rebuild>, config: &CacheConfig) -> Cache {
-        let backend = RedisBackend::new(
-            conn,
-            rebuild,
-            config.response_timeout,
-            config.retry_interval,
-        );
-        Cache::with_backend(Backend::Redis(backend), config)
+        let backend = RedisBackend::from_connection(conn, &config);
+        Ok(Cache::with_backend(Backend::Redis(backend), &config))
     }
 
     /// A cache on the embedded in-memory backend: the same API and semantics (TTLs, leases,

@@ -6,6 +6,7 @@
 mod backend;
 mod budget;
 mod cache;
+mod clock;
 mod codec;
 mod config;
 mod depth;
@@ -13,6 +14,7 @@ mod error;
 mod flight;
 mod key;
 mod kind;
+mod lock;
 mod stats;
 mod strategy;
 mod template;

@@ -1,8 +1,6 @@
 //! Where entries live: Redis, or the embedded in-memory store. Both implement the same
 //! single-key operations with the same semantics; see `FORMAT.md` for the stored layout.
 
-mod batch;
-mod breaker;
 mod memory;
 mod redis;
 
@@ -11,9 +9,7 @@ use crate::kind::Shape;
 use crate::value::Payload;
 
 pub(crate) use self::memory::MemoryBackend;
-#[cfg(feature = "cluster")]
-pub(crate) use self::redis::LazyCluster;
-pub(crate) use self::redis::{Rebuild, RedisBackend, RedisConn};
+pub(crate) use self::redis::RedisBackend;
 
 /// Starts a fill lease marker. 0xC1 is never the first byte of a MessagePack value, so no
 /// MessagePack-encoded value is mistaken for a marker.
