@@ -28,7 +28,7 @@ use postcard::de_flavors::Slice;
 ///
 /// const COMPACT: Strategy<Item, ItemKey> =
 ///     Strategy::<Item, ItemKey>::obj("item:<item_id>").codec(Codec::Postcard);
-/// assert_eq!(COMPACT.get_codec(), Codec::Postcard);
+/// assert_eq!(COMPACT.value_codec(), Codec::Postcard);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::backend::Token;
+use crate::backend::{Entry, Token};
 use crate::value::Payload;
 
-/// A fetch's identity: the rendered key and, for hash strategies, the field.
-pub(crate) type FlightKey = (Vec<u8>, Vec<u8>);
+/// A fetch's identity: its entry (the rendered key and, for hash strategies, the field).
+pub(crate) type FlightKey = Entry;
 
 /// How a flight ended, as its waiters see it.
 #[derive(Debug, Clone)]
@@ -43,16 +43,17 @@ fn lock(
     map: &Map,
 ) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<watch::Sender<FlightState>>>> {
     // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    crate::lock::lock(map)
 }
 
 impl Flights {
-    /// Joins the flight for `key`, leading it if there is none.
-    pub(crate) fn join(&self, key: FlightKey) -> Role {
+    /// Joins the flight for `key`, leading it if there is none (only a leader copies the key).
+    pub(crate) fn join(&self, key: &FlightKey) -> Role {
         let mut map = lock(&self.map);
-        if let Some(tx) = map.get(&key) {
+        if let Some(tx) = map.get(key) {
             return Role::Waiter(tx.subscribe());
         }
+        let key = key.clone();
         let tx = Arc::new(watch::channel(FlightState::Pending).0);
         map.insert(key.clone(), tx.clone());
         drop(map);
@@ -181,29 +182,33 @@ mod tests {
     use super::*;
 
     fn key() -> FlightKey {
-        (b"k".to_vec(), Vec::new())
+        Entry {
+            key: b"k".to_vec(),
+            field: Vec::new(),
+            shape: crate::kind::Shape::Str,
+        }
     }
 
     #[tokio::test]
     async fn second_joiner_waits_for_the_first() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
+        let Role::Leader(mut leader) = flights.join(&key()) else {
             panic!("first joiner must lead");
         };
-        let Role::Waiter(rx) = flights.join(key()) else {
+        let Role::Waiter(rx) = flights.join(&key()) else {
             panic!("second joiner must wait");
         };
         leader.finish(FlightState::Done(Arc::new(Payload::Bytes(b"v".to_vec()))));
         assert!(
             matches!(wait(rx, None).await, Some(FlightState::Done(p)) if *p == Payload::Bytes(b"v".to_vec()))
         );
-        assert!(matches!(flights.join(key()), Role::Leader(_)));
+        assert!(matches!(flights.join(&key()), Role::Leader(_)));
     }
 
     #[tokio::test]
     async fn dropped_leader_hands_over_its_lease() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
+        let Role::Leader(mut leader) = flights.join(&key()) else {
             panic!("first joiner must lead");
         };
         let token = Token::new();
@@ -211,7 +216,7 @@ mod tests {
             token.clone(),
             Box::new(|_| panic!("must not release: a waiter inherits")),
         );
-        let Role::Waiter(rx) = flights.join(key()) else {
+        let Role::Waiter(rx) = flights.join(&key()) else {
             panic!("second joiner must wait");
         };
         drop(leader);
@@ -223,10 +228,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_on_a_leader_still_on_redis_after_its_limit() {
         let flights = Flights::default();
-        let Role::Leader(_leader) = flights.join(key()) else {
+        let Role::Leader(_leader) = flights.join(&key()) else {
             panic!("first joiner must lead");
         };
-        let Role::Waiter(rx) = flights.join(key()) else {
+        let Role::Waiter(rx) = flights.join(&key()) else {
             panic!("second joiner must wait");
         };
         let before = tokio::time::Instant::now();
@@ -237,10 +242,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_waits_for_a_leader_that_loads_past_its_limit() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
+        let Role::Leader(mut leader) = flights.join(&key()) else {
             panic!("first joiner must lead");
         };
-        let Role::Waiter(rx) = flights.join(key()) else {
+        let Role::Waiter(rx) = flights.join(&key()) else {
             panic!("second joiner must wait");
         };
         leader.off_redis();
@@ -256,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_leader_without_waiters_releases() {
         let flights = Flights::default();
-        let Role::Leader(mut leader) = flights.join(key()) else {
+        let Role::Leader(mut leader) = flights.join(&key()) else {
             panic!("first joiner must lead");
         };
         let released = Arc::new(Mutex::new(None));

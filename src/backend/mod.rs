@@ -17,7 +17,43 @@ pub(crate) const LEASE_PREFIX: &[u8] = b"\xC1cacheobj:lease:";
 /// Stands for an empty list or set, which Redis cannot store.
 pub(crate) const EMPTY_MARKER: &[u8] = b"\xC1cacheobj:empty";
 
-/// One entry: a key, and for hash strategies a field of it.
+/// Where an entry lives: its rendered key, its hash field (empty for the other kinds), and how
+/// its kind lays the value out. Also the identity of the entry's in-process flight, so it is
+/// equal to (and hashes like) another entry with the same key and field.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) key: Vec<u8>,
+    pub(crate) field: Vec<u8>,
+    pub(crate) shape: Shape,
+}
+
+impl Entry {
+    /// The borrowed view the backends take.
+    pub(crate) fn loc(&self) -> Loc<'_> {
+        Loc {
+            key: &self.key,
+            field: &self.field,
+            shape: self.shape,
+        }
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.key == other.key && self.field == other.field
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.field.hash(state);
+    }
+}
+
+/// An [`Entry`], borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Loc<'a> {
     pub(crate) key: &'a [u8],

@@ -68,7 +68,7 @@ impl RedisBackend {
                     .await;
                 match reply {
                     Ok(Value::Array(items)) => Ok(items),
-                    Ok(_) => Err(Failure::Failed("unexpected MGET reply".to_owned())),
+                    Ok(_) => Err(Failure::Unexpected("MGET reply")),
                     Err(Error::Timeout(_)) => Err(Failure::Timeout),
                     Err(Error::Unavailable) => Err(Failure::Unavailable),
                     Err(e) => Err(Failure::Failed(e.to_string())),
@@ -108,6 +108,7 @@ impl RedisBackend {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(Failure::Timeout)) => Err(Error::Timeout(self.shared.timeout)),
                 Ok(Err(Failure::Unavailable)) | Err(_) => Err(Error::Unavailable),
+                Ok(Err(Failure::Unexpected(what))) => Err(Error::UnexpectedReply(what)),
                 Ok(Err(Failure::Failed(e))) => Err(Error::Redis(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "batched read failed",
@@ -128,8 +129,10 @@ pub(crate) enum Failure {
     Timeout,
     /// Redis was skipped (breaker open, no runtime).
     Unavailable,
-    /// Redis failed or answered something else than expected.
+    /// Redis failed.
     Failed(String),
+    /// Redis answered something else than expected.
+    Unexpected(&'static str),
 }
 
 #[derive(Debug)]
@@ -222,8 +225,8 @@ pub(crate) fn deliver<T>(pending: Vec<Pending<T>>, replies: Result<Vec<T>, Failu
         }
         Ok(_) => {
             for (_, tx) in pending {
-                let _ = tx.send(Err(Failure::Failed(
-                    "batched read: reply length mismatch".into(),
+                let _ = tx.send(Err(Failure::Unexpected(
+                    "batched read: reply length mismatch",
                 )));
             }
         }

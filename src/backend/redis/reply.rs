@@ -18,11 +18,7 @@ pub(super) fn is_wrong_type(e: &redis::RedisError) -> bool {
 
 /// A reply of a shape this library does not expect: treated like garbage, never a panic.
 pub(super) fn unexpected(what: &'static str) -> Error {
-    Error::Redis(redis::RedisError::from((
-        redis::ErrorKind::Parse,
-        "unexpected reply",
-        what.to_owned(),
-    )))
+    Error::UnexpectedReply(what)
 }
 
 pub(super) fn into_bytes(v: Value) -> Option<Vec<u8>> {
