@@ -223,7 +223,7 @@ pub enum CodecError {
     Postcard(#[source] postcard::Error),
     /// A stored value nests deeper than decoding allows (128 levels): a deeper one could
     /// overflow the stack while it decodes.
-    #[error("value nests deeper than {} levels", crate::depth::MAX_DEPTH)]
+    #[error("value nests deeper than {} levels", crate::nesting_limit::MAX_DEPTH)]
     TooDeep,
     /// A plain-text element or counter could not be parsed.
     #[error("stored text is not a valid {0}")]

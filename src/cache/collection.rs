@@ -189,17 +189,33 @@ impl Cache {
     /// let cache = Cache::in_memory();
     /// let key = ItemKey { item_id: 1 };
     /// cache.fetch(&TAGS, &key, || async { Ok::<_, std::io::Error>(vec!["a".to_string()]) }).await?;
-    /// assert_eq!(cache.set_rem(&TAGS, &key, &["a".to_string()]).await?, Some(0));
+    /// assert_eq!(cache.set_remove(&TAGS, &key, &["a".to_string()]).await?, Some(0));
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn set_rem<V: Collection, K: CacheKey>(
+    pub async fn set_remove<V: Collection, K: CacheKey>(
         &self,
         strategy: &Strategy<V, K, Set>,
         key: &K,
         elems: &[V::Elem],
     ) -> Result<Option<u64>, Error> {
         self.remove(strategy, key, elems).await
+    }
+
+    /// Removes elements from a cached set; renamed [`set_remove`](Self::set_remove), like
+    /// [`list_remove`](Self::list_remove).
+    ///
+    /// # Errors
+    ///
+    /// As [`set_remove`](Self::set_remove).
+    #[deprecated(since = "0.1.1", note = "renamed `set_remove`")]
+    pub async fn set_rem<V: Collection, K: CacheKey>(
+        &self,
+        strategy: &Strategy<V, K, Set>,
+        key: &K,
+        elems: &[V::Elem],
+    ) -> Result<Option<u64>, Error> {
+        self.set_remove(strategy, key, elems).await
     }
 
     /// The size of a cached set; `None` when it is not cached.

@@ -27,7 +27,7 @@ impl Cache {
     ///
     /// Fails open: when the cache cannot be used (Redis down, slow past the response timeout,
     /// refusing; a key that does not render; a value that does not encode) the loader runs and
-    /// its result is returned, and [`Stats::errors`] counts it. A cached value that does not
+    /// its result is returned, and [`Stats::errors`](crate::Stats::errors) counts it. A cached value that does not
     /// decode is a miss; the loader's value replaces it.
     ///
     /// Concurrent fetches of one key share one load: in this process they await the first

@@ -64,8 +64,9 @@ impl Cache {
     ///
     /// # Errors
     ///
-    /// The loader's error, or [`Error::InvalidArgument`] (converted into `E`) when the loader
-    /// returns a different number of values than it was given keys.
+    /// The loader's error, or (converted into `E`) [`Error::InvalidArgument`] when the loader
+    /// returns a different number of values than it was given keys, or [`Error::Redecode`]
+    /// when a key given more than once has a value that does not decode from its own encoding.
     ///
     /// # Examples
     ///

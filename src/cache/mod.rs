@@ -113,7 +113,7 @@ impl fmt::Debug for Cache {
 pub struct EntryKey {
     /// The Redis key, prefix included.
     pub key: Vec<u8>,
-    /// The hash field, for [`Hash`](struct@Hash) strategies.
+    /// The hash field, for [`Hash`](struct@crate::Hash) strategies.
     pub field: Option<Vec<u8>>,
 }
 
@@ -226,7 +226,7 @@ impl Cache {
         })
     }
 
-    /// Where an entry lives: the Redis key (prefix included) and, for [`Hash`](struct@Hash) strategies, the
+    /// Where an entry lives: the Redis key (prefix included) and, for [`Hash`](struct@crate::Hash) strategies, the
     /// hash field. For debugging, and for tools that inspect Redis directly.
     ///
     /// # Errors

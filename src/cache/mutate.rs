@@ -101,7 +101,7 @@ impl Cache {
         Ok(out)
     }
 
-    /// Deletes the hash field of a [`Hash`](struct@Hash) strategy (Flask-CacheOBJ's `hash_del`).
+    /// Deletes the hash field of a [`Hash`](struct@crate::Hash) strategy (Flask-CacheOBJ's `hash_del`).
     ///
     /// # Errors
     ///

@@ -180,6 +180,7 @@ impl RedisBackend {
 mod tests {
     use super::*;
 
+    #[test]
     fn a_nodes_slot_ranges_come_from_cluster_slots() {
         let node = |host: &str, port: i64| {
             Value::Array(vec![
