@@ -4,8 +4,8 @@
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
-use crate::depth::{self, Limited, MAX_DEPTH};
 use crate::error::CodecError;
+use crate::nesting_limit::{self, Limited, MAX_DEPTH};
 use postcard::de_flavors::Slice;
 
 /// The binary encoding of obj and hash values, and of list and set elements that are not
@@ -28,7 +28,7 @@ use postcard::de_flavors::Slice;
 ///
 /// const COMPACT: Strategy<Item, ItemKey> =
 ///     Strategy::<Item, ItemKey>::obj("item:<item_id>").codec(Codec::Postcard);
-/// assert_eq!(COMPACT.get_codec(), Codec::Postcard);
+/// assert_eq!(COMPACT.value_codec(), Codec::Postcard);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -70,9 +70,9 @@ fn postcard_limited<'de, R>(
     ) -> Result<R, postcard::Error>,
 ) -> Result<R, CodecError> {
     let mut de = postcard::Deserializer::from_bytes(bytes);
-    depth::with_limit(&mut de, f).map_err(|e| match e {
-        depth::Error::TooDeep => CodecError::TooDeep,
-        depth::Error::Inner(e) => CodecError::Postcard(e),
+    nesting_limit::with_limit(&mut de, f).map_err(|e| match e {
+        nesting_limit::Error::TooDeep => CodecError::TooDeep,
+        nesting_limit::Error::Inner(e) => CodecError::Postcard(e),
     })
 }
 
@@ -90,9 +90,9 @@ fn msgpack_limited<'de, R>(
     check_msgpack_lengths(bytes)?;
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
-    depth::with_limit(&mut de, f).map_err(|e| match e {
-        depth::Error::TooDeep => CodecError::TooDeep,
-        depth::Error::Inner(e) => CodecError::MessagePackDecode(e),
+    nesting_limit::with_limit(&mut de, f).map_err(|e| match e {
+        nesting_limit::Error::TooDeep => CodecError::TooDeep,
+        nesting_limit::Error::Inner(e) => CodecError::MessagePackDecode(e),
     })
 }
 
@@ -425,7 +425,7 @@ impl<'de, 'a: 'de> de::Deserializer<'de> for TextReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::depth::tests::on_2mib_stack;
+    use crate::nesting_limit::tests::on_2mib_stack;
     use serde::{Deserialize, Serialize};
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -37,6 +37,16 @@ pub enum Error {
     /// memory, ...) and what to check; the source has Redis's own words.
     #[error("{}", redis_message(.0))]
     Redis(#[from] redis::RedisError),
+    /// Redis answered with a reply of a shape this library does not expect (a script's reply
+    /// that is not an array, a batch reply of the wrong length): something other than
+    /// cacheobj wrote the key, or the server does not behave like Redis.
+    #[error("redis sent an unexpected reply ({0}): check that only cacheobj writes these keys and that the server is redis-compatible")]
+    UnexpectedReply(&'static str),
+    /// [`Cache::fetch_many`](crate::Cache::fetch_many) was given a key more than once, and the
+    /// value loaded for it did not decode from its own encoding for the later copies (or did
+    /// not encode at all).
+    #[error("a duplicate key's value does not decode from its own encoding: make the type's Serialize and Deserialize agree, or pass each key once")]
+    Redecode(#[source] Option<CodecError>),
     /// Redis did not answer within the configured response timeout.
     #[error("redis did not answer within {0:?}: check the server's load and the network, or raise response_timeout")]
     Timeout(std::time::Duration),
@@ -269,7 +279,7 @@ pub enum CodecError {
     Postcard(#[source] postcard::Error),
     /// A stored value nests deeper than decoding allows (128 levels): a deeper one could
     /// overflow the stack while it decodes.
-    #[error("value nests deeper than {} levels", crate::depth::MAX_DEPTH)]
+    #[error("value nests deeper than {} levels", crate::nesting_limit::MAX_DEPTH)]
     TooDeep,
     /// A plain-text element or counter could not be parsed.
     #[error("stored text is not a valid {0}")]

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::Token;
+use crate::backend::{Entry, Token};
 use crate::value::Payload;
 
-/// A fetch's identity: the rendered key and, for hash strategies, the field.
-pub(crate) type FlightKey = (Vec<u8>, Vec<u8>);
+/// A fetch's identity: its entry (the rendered key and, for hash strategies, the field).
+pub(crate) type FlightKey = Entry;
 
 /// Where a flight is, as its waiters see it.
 #[derive(Debug, Clone)]
@@ -134,15 +134,15 @@ fn lock(
     map: &Map,
 ) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<watch::Sender<FlightState>>>> {
     // The map only holds senders; a panic elsewhere cannot leave it inconsistent.
-    map.lock().unwrap_or_else(|e| e.into_inner())
+    crate::lock::lock(map)
 }
 
 impl Flights {
     /// Joins the flight for `key`, leading it if there is none. `saw_lease` tells whether this
-    /// fetch's own read of Redis found the lease `token` in place.
-    pub(crate) fn join(&self, key: FlightKey, saw_lease: impl FnOnce(&Token) -> bool) -> Role {
+    /// fetch's own read of Redis found the lease `token` in place. Only a leader copies the key.
+    pub(crate) fn join(&self, key: &FlightKey, saw_lease: impl FnOnce(&Token) -> bool) -> Role {
         let mut map = lock(&self.map);
-        if let Some(tx) = map.get(&key) {
+        if let Some(tx) = map.get(key) {
             let rx = tx.subscribe();
             // Read under the map's lock, after this fetch's read returned: a leader that was
             // still Pending here starts its loader later.
@@ -154,6 +154,7 @@ impl Flights {
             };
             return Role::Waiter(Waiter { rx, trust });
         }
+        let key = key.clone();
         let tx = Arc::new(watch::channel(FlightState::Pending).0);
         map.insert(key.clone(), tx.clone());
         drop(map);
@@ -311,7 +312,11 @@ mod tests {
     use super::*;
 
     fn key() -> FlightKey {
-        (b"k".to_vec(), Vec::new())
+        Entry {
+            key: b"k".to_vec(),
+            field: Vec::new(),
+            shape: crate::kind::Shape::Str,
+        }
     }
 
     fn payload(v: &[u8]) -> Arc<Payload> {
@@ -319,7 +324,7 @@ mod tests {
     }
 
     fn join(flights: &Flights) -> Role {
-        flights.join(key(), |_| false)
+        flights.join(&key(), |_| false)
     }
 
     fn lead(flights: &Flights) -> LeaderGuard {
@@ -366,11 +371,11 @@ mod tests {
         let token = Token::new();
         leader.loading(Some(token.clone()));
         assert_eq!(wait_on(&flights).trust(), Trust::Filled, "loading");
-        let Role::Waiter(saw) = flights.join(key(), |t| *t == token) else {
+        let Role::Waiter(saw) = flights.join(&key(), |t| *t == token) else {
             panic!("must wait");
         };
         assert_eq!(saw.trust(), Trust::Early, "loading, own read saw the lease");
-        let Role::Waiter(other) = flights.join(key(), |t| *t == Token::new()) else {
+        let Role::Waiter(other) = flights.join(&key(), |t| *t == Token::new()) else {
             panic!("must wait");
         };
         assert_eq!(other.trust(), Trust::Filled, "loading, another lease seen");

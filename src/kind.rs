@@ -1,22 +1,28 @@
 //! Marker types for the kinds of strategy.
 
-/// How a kind lays its value out in Redis.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Shape {
-    /// One string value under one key.
-    Str,
-    /// A Redis LIST.
-    List,
-    /// A Redis SET.
-    Set,
-    /// One field of a Redis HASH.
-    Hash,
+/// What only this crate may name: users can use the kinds, not define them or read their
+/// layout.
+mod sealed {
+    /// How a kind lays its value out in Redis.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Shape {
+        /// One string value under one key.
+        Str,
+        /// A Redis LIST.
+        List,
+        /// A Redis SET.
+        Set,
+        /// One field of a Redis HASH.
+        Hash,
+    }
+
+    pub trait Sealed {
+        /// How the kind is laid out in Redis.
+        const SHAPE: Shape;
+    }
 }
 
-mod sealed {
-    pub trait Sealed {}
-}
+pub(crate) use sealed::Shape;
 
 /// The kind of a [`Strategy`](crate::Strategy): [`Obj`], [`Counter`], [`List`], [`Set`] or
 /// [`Hash`](struct@Hash). Sealed: the kinds are this crate's.
@@ -33,11 +39,7 @@ mod sealed {
 /// assert!(kind_name(&VIEWS).ends_with("Counter"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub trait Kind: sealed::Sealed + Copy + Send + Sync + 'static {
-    /// How the kind is laid out in Redis.
-    #[doc(hidden)]
-    const SHAPE: Shape;
-}
+pub trait Kind: sealed::Sealed + Copy + Send + Sync + 'static {}
 
 macro_rules! kinds {
     ($($(#[$doc:meta])* $name:ident => $shape:ident;)*) => {$(
@@ -52,10 +54,10 @@ macro_rules! kinds {
         /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
         pub struct $name;
-        impl sealed::Sealed for $name {}
-        impl Kind for $name {
+        impl sealed::Sealed for $name {
             const SHAPE: Shape = Shape::$shape;
         }
+        impl Kind for $name {}
     )*};
 }
 

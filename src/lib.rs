@@ -1,4 +1,21 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! For contributors: each file holds one idea.
+//!
+//! - `cache/`: the [`Cache`] handle. `connect` builds it; `fetch` is the hit path; `load`
+//!   loads a missing value once (in-process coalescing in `flight`, the fill lease, the fill)
+//!   and refreshes early; `lease` releases leases a failure or a cancellation left behind;
+//!   `many` is `fetch_many`; `mutate`, `counter` and `collection` change entries.
+//! - `backend/`: where entries live, behind one set of single-key operations: `memory` (the
+//!   embedded store) and `redis/` (`conn`ections, `ops` and their Lua `scripts`, `reply`
+//!   parsing, `batch`ing GETs into MGETs, the `breaker`, `health` and `cluster` failure
+//!   handling).
+//! - [`Strategy`] (`strategy`) renders keys with `template` and `key` ([`CacheKey`]); `kind`
+//!   and `value` say what each kind holds, `codec` and `nesting_limit` how it is encoded.
+//! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `clock` and `lock`
+//!   are small shared helpers.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -6,13 +23,15 @@
 mod backend;
 mod budget;
 mod cache;
+mod clock;
 mod codec;
 mod config;
-mod depth;
 mod error;
 mod flight;
 mod key;
 mod kind;
+mod lock;
+mod nesting_limit;
 mod pending;
 mod stats;
 mod strategy;

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use crate::backend::{Backend, Loc};
+use crate::backend::{Backend, Entry};
 use crate::error::Error;
-use crate::flight::FlightKey;
-use crate::kind::Shape;
 
 /// The queue's first pause between retries; it doubles up to [`MAX_PAUSE`] while Redis fails.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -19,17 +17,11 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Entries retried in one pipelined round trip.
 const BATCH: usize = 256;
 
-#[derive(Debug)]
-struct Entry {
-    shape: Shape,
-    /// Bumped by every queueing of the entry: a retry that began before a later failure of
-    /// the same entry does not settle it.
-    seq: u64,
-}
-
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<FlightKey, Entry>,
+    /// Each queued entry, with the sequence number of its latest queueing: a retry that began
+    /// before a later failure of the same entry does not settle it.
+    entries: HashMap<Entry, u64>,
     next_seq: u64,
     worker: bool,
 }
@@ -68,7 +60,7 @@ impl Pending {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every change to the state is a single insert or remove: a panic cannot leave it torn.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.state)
     }
 
     /// Whether no invalidation is waiting to be retried.
@@ -76,25 +68,20 @@ impl Pending {
         self.len.load(Ordering::Acquire) == 0
     }
 
-    /// Queues the invalidation of `key` and makes sure a worker retries it.
-    pub(crate) fn push(
-        self: &Arc<Self>,
-        key: FlightKey,
-        shape: Shape,
-        backend: &Backend,
-    ) -> Queued {
+    /// Queues the invalidation of `entry` and makes sure a worker retries it.
+    pub(crate) fn push(self: &Arc<Self>, entry: &Entry, backend: &Backend) -> Queued {
         let mut state = self.lock();
         state.next_seq += 1;
         let seq = state.next_seq;
-        if let Some(entry) = state.entries.get_mut(&key) {
-            entry.seq = seq;
+        if let Some(queued) = state.entries.get_mut(entry) {
+            *queued = seq;
         } else {
             if state.entries.len() >= self.capacity {
                 drop(state);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Queued::Full;
             }
-            state.entries.insert(key, Entry { shape, seq });
+            state.entries.insert(entry.clone(), seq);
             self.len.store(state.entries.len(), Ordering::Release);
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -107,62 +94,49 @@ impl Pending {
         Queued::Yes
     }
 
-    fn snapshot(&self) -> Vec<(FlightKey, Shape, u64)> {
+    fn snapshot(&self) -> Vec<(Entry, u64)> {
         self.lock()
             .entries
             .iter()
             .take(BATCH)
-            .map(|(k, e)| (k.clone(), e.shape, e.seq))
+            .map(|(entry, seq)| (entry.clone(), *seq))
             .collect()
     }
 
     /// Removes the entries whose retry landed, unless they were queued again since.
-    fn settled(&self, done: &[(FlightKey, Shape, u64)]) {
+    fn settled(&self, done: &[(Entry, u64)]) {
         let mut state = self.lock();
-        for (key, _, seq) in done {
-            if state.entries.get(key).is_some_and(|e| e.seq == *seq) {
-                state.entries.remove(key);
+        for (entry, seq) in done {
+            if state.entries.get(entry) == Some(seq) {
+                state.entries.remove(entry);
                 self.retried.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.len.store(state.entries.len(), Ordering::Release);
     }
 
-    /// Tries `key`'s queued invalidation now, if it has one: `Ok` when none is queued or it
+    /// Tries `entry`'s queued invalidation now, if it has one: `Ok` when none is queued or it
     /// landed, so the entry may be read from Redis again.
     ///
     /// # Errors
     ///
     /// The retry failed: the entry must not be read from Redis.
-    pub(crate) async fn settle(&self, backend: &Backend, key: &FlightKey) -> Result<(), Error> {
+    pub(crate) async fn settle(&self, backend: &Backend, entry: &Entry) -> Result<(), Error> {
         if self.is_empty() {
             return Ok(());
         }
-        let found = self
-            .lock()
-            .entries
-            .get(key)
-            .map(|e| (key.clone(), e.shape, e.seq));
-        let Some(entry) = found else {
+        let Some(seq) = self.lock().entries.get(entry).copied() else {
             return Ok(());
         };
-        backend.invalidate(loc(&entry)).await?;
-        self.settled(&[entry]);
+        backend.invalidate(entry.loc()).await?;
+        self.settled(&[(entry.clone(), seq)]);
         Ok(())
     }
 
-    /// Whether `key` has a queued invalidation.
+    /// Whether `entry` has a queued invalidation.
     #[cfg(test)]
-    pub(crate) fn contains(&self, key: &FlightKey) -> bool {
-        !self.is_empty() && self.lock().entries.contains_key(key)
-    }
-}
-
-fn loc(entry: &(FlightKey, Shape, u64)) -> Loc<'_> {
-    Loc {
-        key: &entry.0 .0,
-        field: &entry.0 .1,
-        shape: entry.1,
+    pub(crate) fn contains(&self, entry: &Entry) -> bool {
+        !self.is_empty() && self.lock().entries.contains_key(entry)
     }
 }
 
@@ -183,7 +157,7 @@ async fn retry(pending: Weak<Pending>, backend: Backend) {
             }
             continue;
         }
-        let locs: Vec<Loc<'_>> = batch.iter().map(loc).collect();
+        let locs: Vec<_> = batch.iter().map(|(entry, _)| entry.loc()).collect();
         match backend.invalidate_many(&locs).await {
             Ok(()) => {
                 queue.settled(&batch);
@@ -204,18 +178,22 @@ mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
 
-    fn key(k: &[u8]) -> FlightKey {
-        (k.to_vec(), Vec::new())
+    fn key(k: &[u8]) -> Entry {
+        Entry {
+            key: k.to_vec(),
+            field: Vec::new(),
+            shape: crate::kind::Shape::Str,
+        }
     }
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_counts() {
         let backend = Backend::Memory(MemoryBackend::new());
         let pending = Pending::new(1);
-        assert_eq!(pending.push(key(b"a"), Shape::Str, &backend), Queued::Yes);
+        assert_eq!(pending.push(&key(b"a"), &backend), Queued::Yes);
         // The same entry again takes no room.
-        assert_eq!(pending.push(key(b"a"), Shape::Str, &backend), Queued::Yes);
-        assert_eq!(pending.push(key(b"b"), Shape::Str, &backend), Queued::Full);
+        assert_eq!(pending.push(&key(b"a"), &backend), Queued::Yes);
+        assert_eq!(pending.push(&key(b"b"), &backend), Queued::Full);
         assert_eq!(pending.dropped.load(Ordering::Relaxed), 1);
     }
 
@@ -223,7 +201,7 @@ mod tests {
     async fn settle_retries_and_clears() {
         let backend = Backend::Memory(MemoryBackend::new());
         let pending = Pending::new(8);
-        let _ = pending.push(key(b"a"), Shape::Str, &backend);
+        let _ = pending.push(&key(b"a"), &backend);
         assert!(pending.contains(&key(b"a")));
         pending.settle(&backend, &key(b"a")).await.expect("memory");
         assert!(!pending.contains(&key(b"a")));
@@ -234,9 +212,9 @@ mod tests {
     fn a_retry_that_began_before_a_requeue_does_not_settle_it() {
         let backend = Backend::Memory(MemoryBackend::new());
         let pending = Pending::new(8);
-        let _ = pending.push(key(b"a"), Shape::Str, &backend);
+        let _ = pending.push(&key(b"a"), &backend);
         let before = pending.snapshot();
-        let _ = pending.push(key(b"a"), Shape::Str, &backend);
+        let _ = pending.push(&key(b"a"), &backend);
         pending.settled(&before);
         assert!(pending.contains(&key(b"a")));
     }

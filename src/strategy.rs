@@ -381,7 +381,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     /// # use cacheobj::{CacheKey, Strategy};
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
     /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>").version(2);
-    /// assert_eq!(ITEM.get_version(), 2);
+    /// assert_eq!(ITEM.key_version(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
@@ -400,7 +400,7 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
     /// const ITEM: Strategy<String, ItemKey> =
     ///     Strategy::<String, ItemKey>::obj("item:<item_id>").codec(Codec::Postcard);
-    /// assert_eq!(ITEM.get_codec(), Codec::Postcard);
+    /// assert_eq!(ITEM.value_codec(), Codec::Postcard);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
@@ -582,12 +582,20 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     /// # use cacheobj::{CacheKey, Strategy};
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
     /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
-    /// assert_eq!(ITEM.get_version(), 0);
+    /// assert_eq!(ITEM.key_version(), 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn get_version(&self) -> u32 {
+    pub const fn key_version(&self) -> u32 {
         self.version
+    }
+
+    /// The version set by [`version`](Self::version); renamed
+    /// [`key_version`](Self::key_version).
+    #[must_use]
+    #[deprecated(since = "0.1.1", note = "renamed `key_version`")]
+    pub const fn get_version(&self) -> u32 {
+        self.key_version()
     }
 
     /// The codec set by [`codec`](Self::codec).
@@ -598,12 +606,19 @@ impl<V, K, Kd> Strategy<V, K, Kd> {
     /// # use cacheobj::{CacheKey, Codec, Strategy};
     /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
     /// const ITEM: Strategy<String, ItemKey> = Strategy::<String, ItemKey>::obj("item:<item_id>");
-    /// assert_eq!(ITEM.get_codec(), Codec::MessagePack);
+    /// assert_eq!(ITEM.value_codec(), Codec::MessagePack);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
-    pub const fn get_codec(&self) -> Codec {
+    pub const fn value_codec(&self) -> Codec {
         self.codec
+    }
+
+    /// The codec set by [`codec`](Self::codec); renamed [`value_codec`](Self::value_codec).
+    #[must_use]
+    #[deprecated(since = "0.1.1", note = "renamed `value_codec`")]
+    pub const fn get_codec(&self) -> Codec {
+        self.value_codec()
     }
 
     /// The lease time set by [`lease`](Self::lease).

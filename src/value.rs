@@ -10,13 +10,30 @@ use crate::codec::{decode_text, encode_text, Codec};
 use crate::error::CodecError;
 use crate::kind::{Counter, Hash, Kind, List, Obj, Set};
 
-/// A value as stored: one byte string, or the elements of a list or set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[doc(hidden)]
-pub enum Payload {
-    Bytes(Vec<u8>),
-    Elems(Vec<Vec<u8>>),
+/// What only this crate may name: how values are stored. Users pick value types, they do not
+/// implement their encoding.
+mod sealed {
+    use crate::codec::Codec;
+    use crate::error::CodecError;
+
+    /// A value as stored: one byte string, or the elements of a list or set.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Payload {
+        Bytes(Vec<u8>),
+        Elems(Vec<Vec<u8>>),
+    }
+
+    /// How a value of kind `Kd` is stored.
+    pub trait Stored<Kd>: Sized {
+        fn encode(&self, codec: Codec) -> Result<Payload, CodecError>;
+        fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError>;
+        /// Whether the value means "not found": `None` or an empty collection.
+        fn is_negative(&self) -> bool;
+    }
 }
+
+pub(crate) use sealed::Payload;
+use sealed::Stored;
 
 /// A collection that list and set strategies can hold: `Vec`, `VecDeque`, `HashSet` or
 /// `BTreeSet` of serde elements.
@@ -105,15 +122,7 @@ impl<T: Serialize + DeserializeOwned + Ord> Collection for BTreeSet<T> {
     label = "not a value this strategy can cache",
     note = "obj, counter and hash values derive `Serialize` and `Deserialize`; list and set values are a `Vec`, `VecDeque`, `HashSet` or `BTreeSet` of such elements"
 )]
-pub trait CacheValue<Kd: Kind>: Sized {
-    #[doc(hidden)]
-    fn encode(&self, codec: Codec) -> Result<Payload, CodecError>;
-    #[doc(hidden)]
-    fn decode(payload: &Payload, codec: Codec) -> Result<Self, CodecError>;
-    /// Whether the value means "not found": `None` or an empty collection.
-    #[doc(hidden)]
-    fn is_negative(&self) -> bool;
-}
+pub trait CacheValue<Kd: Kind>: Stored<Kd> {}
 
 fn bytes(payload: &Payload) -> Result<&[u8], CodecError> {
     match payload {
@@ -125,7 +134,8 @@ fn bytes(payload: &Payload) -> Result<&[u8], CodecError> {
 /// Obj and hash values: the strategy's codec.
 macro_rules! codec_value {
     ($($kind:ty),*) => {$(
-        impl<V: Serialize + DeserializeOwned> CacheValue<$kind> for V {
+        impl<V: Serialize + DeserializeOwned> CacheValue<$kind> for V {}
+        impl<V: Serialize + DeserializeOwned> Stored<$kind> for V {
             fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
                 codec.encode(self).map(Payload::Bytes)
             }
@@ -141,7 +151,8 @@ macro_rules! codec_value {
 
 codec_value!(Obj, Hash);
 
-impl<V: Serialize + DeserializeOwned> CacheValue<Counter> for V {
+impl<V: Serialize + DeserializeOwned> CacheValue<Counter> for V {}
+impl<V: Serialize + DeserializeOwned> Stored<Counter> for V {
     fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
         encode_text(codec, self).map(Payload::Bytes)
     }
@@ -156,7 +167,8 @@ impl<V: Serialize + DeserializeOwned> CacheValue<Counter> for V {
 /// List and set values: one plain-text (or codec) element each.
 macro_rules! collection_value {
     ($($kind:ty),*) => {$(
-        impl<C: Collection> CacheValue<$kind> for C {
+        impl<C: Collection> CacheValue<$kind> for C {}
+        impl<C: Collection> Stored<$kind> for C {
             fn encode(&self, codec: Codec) -> Result<Payload, CodecError> {
                 self.elems()
                     .map(|e| encode_text(codec, e))
@@ -306,6 +318,6 @@ mod tests {
         assert!(!is_none(&Some(0u32)));
         assert!(!is_none(&vec![1u8]));
         assert!(!is_none(&String::new()));
-        assert!(<Vec<u64> as CacheValue<List>>::is_negative(&Vec::new()));
+        assert!(<Vec<u64> as Stored<List>>::is_negative(&Vec::new()));
     }
 }

@@ -105,7 +105,7 @@ async fn elements_are_plain_text_in_a_redis_set() {
         .await
         .unwrap();
     cache
-        .set_rem(&ITEM_TAGS, &key, &strings(&["red"]))
+        .set_remove(&ITEM_TAGS, &key, &strings(&["red"]))
         .await
         .unwrap();
     assert_eq!(smembers(&raw_key).await, ["a b", "new", "ü"]);
@@ -199,7 +199,7 @@ async fn add_rem_len_and_contains_change_a_cached_set() {
         );
         assert_eq!(
             cache
-                .set_rem(&ITEM_TAGS, &key, &strings(&["b", "zz"]))
+                .set_remove(&ITEM_TAGS, &key, &strings(&["b", "zz"]))
                 .await
                 .unwrap(),
             Some(2),
@@ -224,7 +224,7 @@ async fn add_rem_len_and_contains_change_a_cached_set() {
             "{name}"
         );
         assert_eq!(
-            cache.set_rem(&ITEM_TAGS, &key, &[]).await.unwrap(),
+            cache.set_remove(&ITEM_TAGS, &key, &[]).await.unwrap(),
             Some(2),
             "{name}"
         );
@@ -243,7 +243,7 @@ async fn ops_on_an_uncached_set_return_none_and_leave_it_uncached() {
             "{name}"
         );
         assert_eq!(
-            cache.set_rem(&ITEM_TAGS, &key, &a).await.unwrap(),
+            cache.set_remove(&ITEM_TAGS, &key, &a).await.unwrap(),
             None,
             "{name}"
         );
@@ -315,7 +315,7 @@ async fn an_empty_set_is_cached_and_can_be_added_to() {
         );
         assert_eq!(
             cache
-                .set_rem(&ITEM_TAGS, &key, &strings(&["x"]))
+                .set_remove(&ITEM_TAGS, &key, &strings(&["x"]))
                 .await
                 .unwrap(),
             Some(0),
@@ -357,7 +357,7 @@ async fn removing_the_last_member_leaves_a_cached_empty_set() {
         fetch_tags(&cache, &key, &calls, strings(&["only"])).await;
         assert_eq!(
             cache
-                .set_rem(&ITEM_TAGS, &key, &strings(&["only"]))
+                .set_remove(&ITEM_TAGS, &key, &strings(&["only"]))
                 .await
                 .unwrap(),
             Some(0),
@@ -390,4 +390,16 @@ async fn removing_the_last_member_leaves_a_cached_empty_set() {
             "{name}"
         );
     }
+}
+
+/// `set_rem`, the name before `set_remove`, still compiles and removes.
+#[tokio::test]
+#[allow(deprecated)]
+async fn the_deprecated_set_rem_still_removes() {
+    let cache = Cache::in_memory();
+    let key = ItemKey { item_id: 1 };
+    let calls = AtomicUsize::new(0);
+    fetch_tags(&cache, &key, &calls, strings(&["a"])).await;
+    let left = cache.set_rem(&ITEM_TAGS, &key, &strings(&["a"])).await;
+    assert_eq!(left.unwrap(), Some(0));
 }

@@ -466,7 +466,10 @@ async fn exercise_every_operation(what: &str, cache: &Cache) {
         "{what}"
     );
     assert_eq!(
-        cache.set_rem(&SET, &k, &["x".to_string()]).await.unwrap(),
+        cache
+            .set_remove(&SET, &k, &["x".to_string()])
+            .await
+            .unwrap(),
         Some(1),
         "{what}"
     );

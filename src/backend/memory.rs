@@ -4,22 +4,18 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{is_lease, Acquire, Loc, Lookup, Marker, Token, EMPTY_MARKER, LEASE_PREFIX};
+use crate::clock::now_ms;
 use crate::error::Error;
 use crate::kind::Shape;
+use crate::lock::lock;
 use crate::value::Payload;
 
 const SHARDS: usize = 16;
 /// Every this many writes to a shard, its expired entries are swept out.
 const SWEEP_EVERY: u64 = 1024;
-
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 #[derive(Debug, Clone)]
 enum Stored {
@@ -155,7 +151,7 @@ impl MemoryBackend {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         // A panic while holding the lock cannot leave a shard half-updated in a way that
         // matters to a cache: keep serving.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[i])
     }
 
     pub(crate) fn read(&self, loc: Loc<'_>) -> Result<Lookup, Error> {

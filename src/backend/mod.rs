@@ -1,8 +1,6 @@
 //! Where entries live: Redis, or the embedded in-memory store. Both implement the same
 //! single-key operations with the same semantics; see `FORMAT.md` for the stored layout.
 
-mod batch;
-mod breaker;
 mod memory;
 mod redis;
 
@@ -11,9 +9,7 @@ use crate::kind::Shape;
 use crate::value::Payload;
 
 pub(crate) use self::memory::MemoryBackend;
-#[cfg(feature = "cluster")]
-pub(crate) use self::redis::LazyCluster;
-pub(crate) use self::redis::{Rebuild, RedisBackend, RedisConn};
+pub(crate) use self::redis::RedisBackend;
 
 /// Starts a fill lease marker. 0xC1 is never the first byte of a MessagePack value, so no
 /// MessagePack-encoded value is mistaken for a marker.
@@ -21,7 +17,43 @@ pub(crate) const LEASE_PREFIX: &[u8] = b"\xC1cacheobj:lease:";
 /// Stands for an empty list or set, which Redis cannot store.
 pub(crate) const EMPTY_MARKER: &[u8] = b"\xC1cacheobj:empty";
 
-/// One entry: a key, and for hash strategies a field of it.
+/// Where an entry lives: its rendered key, its hash field (empty for the other kinds), and how
+/// its kind lays the value out. Also the identity of the entry's in-process flight, so it is
+/// equal to (and hashes like) another entry with the same key and field.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) key: Vec<u8>,
+    pub(crate) field: Vec<u8>,
+    pub(crate) shape: Shape,
+}
+
+impl Entry {
+    /// The borrowed view the backends take.
+    pub(crate) fn loc(&self) -> Loc<'_> {
+        Loc {
+            key: &self.key,
+            field: &self.field,
+            shape: self.shape,
+        }
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.key == other.key && self.field == other.field
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.field.hash(state);
+    }
+}
+
+/// An [`Entry`], borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Loc<'a> {
     pub(crate) key: &'a [u8],

@@ -7,10 +7,10 @@
 //! background `CLUSTER SLOTS` lookup then trips all the node's slots.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::Loc;
+use crate::backend::Loc;
+use crate::clock::now_ms;
 use crate::error::Error;
 
 /// Hash slots in a Redis Cluster.
@@ -28,12 +28,6 @@ pub(crate) enum Scope<'a> {
     /// Many keys in one request (MGET across slots): it is skipped while any of their slots is
     /// open, and a failure opens all of them, since it cannot tell which node failed.
     Keys(&'a [Loc<'a>]),
-}
-
-/// Milliseconds since the first call: a cheap monotonic clock for atomics.
-pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// When each cell reopens to requests (milliseconds since the first call; 0: closed).

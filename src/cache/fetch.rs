@@ -1,0 +1,164 @@
+//! [`Cache::fetch`]: one read on the hit path; a miss goes to the load driver (`load`).
+
+use std::future::Future;
+
+use super::load::Load;
+use super::Cache;
+use crate::backend::Lookup;
+use crate::budget::Started;
+use crate::error::Error;
+use crate::key::CacheKey;
+use crate::kind::{Kind, Shape};
+use crate::stats::bump;
+use crate::strategy::Strategy;
+use crate::value::CacheValue;
+
+/// XFetch: refresh when `-delta * ln(U)` reaches past the remaining TTL.
+fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
+    let Some(ttl) = ttl_ms else {
+        return false;
+    };
+    let u = fastrand::f64().max(f64::MIN_POSITIVE);
+    -(delta_ms as f64) * u.ln() >= ttl as f64
+}
+
+impl Cache {
+    /// Reads the value, or runs `loader` and caches what it returns.
+    ///
+    /// Fails open: when the cache cannot be used (Redis down, slow past the response timeout,
+    /// refusing; a key that does not render; a value that does not encode) the loader runs and
+    /// its result is returned, and [`Stats::errors`](crate::Stats::errors) counts it. A cached value that does not
+    /// decode is a miss; the loader's value replaces it.
+    ///
+    /// Concurrent fetches of one key share one load: in this process they await the first
+    /// fetch's loader, across processes they wait (up to the strategy's lease time) for the fill
+    /// of whoever holds the key's fill lease. A fetch waits on Redis for at most the response
+    /// timeout in all, the time the first fetch spends on Redis for it included: past that, it
+    /// runs its own loader. If the leading fetch is dropped, a waiter takes
+    /// over its lease; if its loader fails, the leader gets that error and each waiter runs its
+    /// own loader once and gets that result, uncached. A fill whose load began before an
+    /// invalidation of the key never lands, and a fetch that starts after an invalidation
+    /// returned (in any process) never returns a value loaded before it: a fetch that joined
+    /// such a load starts over ([`Stats::voided_joins`](crate::Stats::voided_joins)).
+    ///
+    /// # Errors
+    ///
+    /// Only the loader's error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct UserKey { user_id: u64 }
+    /// const NAME: Strategy<Option<String>, UserKey> =
+    ///     Strategy::<Option<String>, UserKey>::obj("user:name:<user_id>").expire(600).negative_expire(30);
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// let name = cache.fetch(&NAME, &UserKey { user_id: 7 }, || async {
+    ///     Ok::<_, std::io::Error>(None) // not in the database: cached for 30 s
+    /// }).await?;
+    /// assert_eq!(name, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fetch<V, K, Kd, F, Fut, E>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        K: CacheKey,
+        Kd: Kind,
+        V: CacheValue<Kd>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let entry = match self.render(strategy, key) {
+            Ok(r) => r,
+            Err(e) => {
+                inner.fault(&Error::Key(e));
+                return inner.load_uncached(loader).await;
+            }
+        };
+        let loc = entry.loc();
+        let codec = strategy.value_codec();
+        let early = strategy.early_refresh_ms() > 0
+            && Kd::SHAPE == Shape::Str
+            && strategy.expire_after().is_some();
+        let started = Started::now(inner.backend.response_timeout());
+        if !inner.pending.is_empty() {
+            if let Err(e) = self.settled(&entry).await {
+                // This entry's invalidation has not landed: Redis may still hold what it
+                // removes.
+                inner.fault(&e);
+                return inner.load_uncached(loader).await;
+            }
+        }
+        let read = if early {
+            inner.backend.read_with_ttl(loc).await
+        } else {
+            inner.backend.read(loc).await.map(|l| (l, None))
+        };
+        let mut force = false;
+        let mut redis_ok = true;
+        let mut seen = None;
+        match read {
+            Ok((Lookup::Hit(payload), ttl)) => match inner.decode(&entry, &payload, codec) {
+                Some(value) => {
+                    bump(&inner.counters.hits);
+                    if early && should_refresh(ttl, strategy.early_refresh_ms()) {
+                        return self
+                            .refresh_early(
+                                strategy,
+                                &entry,
+                                payload,
+                                value,
+                                started.budget(),
+                                loader,
+                            )
+                            .await;
+                    }
+                    return Ok(value);
+                }
+                None => force = true,
+            },
+            Ok((Lookup::Garbage, _)) => {
+                inner.undecodable(loc.key, &Error::Unavailable);
+                force = true;
+            }
+            Ok((Lookup::Leased(marker), _)) => seen = Some(marker),
+            Ok((Lookup::Miss, _)) => {}
+            Err(e) => {
+                inner.fault(&e);
+                redis_ok = false;
+            }
+        }
+        bump(&inner.counters.misses);
+        let load = Load {
+            strategy,
+            entry: &entry,
+            force,
+            redis_ok,
+            seen,
+            budget: started.budget(),
+        };
+        self.load_coalesced(load, loader).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfetch_never_refreshes_without_ttl_and_always_at_expiry() {
+        assert!(!should_refresh(None, 100));
+        assert!(should_refresh(Some(0), 100));
+        // With 100 s left and a 1 ms load, a refresh needs u < e^-100000: never in practice.
+        assert!(!(0..1000).any(|_| should_refresh(Some(100_000), 1)));
+    }
+}
