@@ -16,10 +16,12 @@ pub(crate) type FlightKey = Entry;
 /// Where a flight is, as its waiters see it.
 #[derive(Debug, Clone)]
 pub(crate) enum FlightState {
-    /// The leader is on Redis (taking the fill lease); its loader has not started.
-    Pending,
-    /// The leader waits for another caller's fill; its loader has not started.
-    Waiting,
+    /// The leader is on Redis (taking the fill lease); its loader has not started. `attempt`:
+    /// how many lease requests it has sent.
+    Pending { attempt: u32 },
+    /// The leader waits for another caller's fill, polling with lease requests; its loader has
+    /// not started.
+    Waiting { attempt: u32 },
     /// The leader's loader runs, under this fill lease (`None`: without one; no fill follows).
     Loading(Option<Token>),
     /// The loader returned this value, and the fill that may prove it fresh is on its way.
@@ -35,9 +37,13 @@ pub(crate) enum FlightState {
 /// What Redis said of a leader's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proof {
-    /// Redis holds it: it was read there, or the fill landed under the lease taken before the
-    /// load, so no invalidation came between the lease and the fill.
+    /// Redis holds it: the fill landed under the lease taken before the load, so no
+    /// invalidation came between the lease and the fill.
     Held,
+    /// The leader's lease request number `n` found it in Redis. That proves it fresh for a
+    /// fetch that joined before request `n` was sent; one that joined later may have started
+    /// after an invalidation that request's read predates.
+    Read(u32),
     /// The fill was rejected: an invalidation (or a mutation, or the lease's expiry) came
     /// during the load, which may predate it.
     Voided,
@@ -52,8 +58,9 @@ pub(crate) enum Proof {
 pub(crate) enum Trust {
     /// The load starts after this fetch started, or this fetch's own read saw the leader's
     /// lease still in place (no invalidation since the load began): the value is fresh for it
-    /// as soon as the loader returns.
-    Early,
+    /// as soon as the loader returns. A value the leader read from Redis is fresh for it if
+    /// the request that read it was sent after the join: after request `after`.
+    Early { after: u32 },
     /// The load began before this fetch: its value is fresh for it only if the fill lands,
     /// which proves that no invalidation came between the lease and the fill.
     Filled,
@@ -79,16 +86,26 @@ impl Outcome {
     /// `None` while the flight has not told a waiter of this trust enough.
     fn of(state: &FlightState, trust: Trust) -> Option<Outcome> {
         Some(match state {
-            FlightState::Pending | FlightState::Waiting | FlightState::Loading(_) => return None,
+            FlightState::Pending { .. } | FlightState::Waiting { .. } | FlightState::Loading(_) => {
+                return None
+            }
             FlightState::Loaded(payload) => match trust {
-                Trust::Early => Outcome::Value(payload.clone()),
+                Trust::Early { .. } => Outcome::Value(payload.clone()),
                 Trust::Filled | Trust::Reread => return None,
             },
             FlightState::Done(payload, proof) => match (trust, proof) {
-                (Trust::Early, _) | (Trust::Filled, Proof::Held) => Outcome::Value(payload.clone()),
+                (Trust::Early { after }, Proof::Read(n)) if *n <= after => {
+                    // The read may predate this fetch: read again.
+                    Outcome::Retry { voided: false }
+                }
+                (Trust::Early { .. }, _) | (Trust::Filled, Proof::Held) => {
+                    Outcome::Value(payload.clone())
+                }
                 (Trust::Filled, Proof::Voided) => Outcome::Retry { voided: true },
                 (Trust::Filled, Proof::Unproven) => Outcome::Load,
-                (Trust::Reread, _) => Outcome::Retry { voided: false },
+                (Trust::Filled | Trust::Reread, Proof::Read(_)) | (Trust::Reread, _) => {
+                    Outcome::Retry { voided: false }
+                }
             },
             FlightState::Failed => Outcome::Load,
             FlightState::Abandoned(token) => Outcome::TakeOver(token.clone()),
@@ -125,7 +142,7 @@ impl Waiter {
     /// that could not read Redis (fail-open keeps one load per key while Redis is away; no
     /// invalidation can be seen then anyway).
     pub(crate) fn trust_early(mut self) -> Waiter {
-        self.trust = Trust::Early;
+        self.trust = Trust::Early { after: 0 };
         self
     }
 }
@@ -147,15 +164,20 @@ impl Flights {
             // Read under the map's lock, after this fetch's read returned: a leader that was
             // still Pending here starts its loader later.
             let trust = match &*rx.borrow() {
-                FlightState::Pending | FlightState::Waiting => Trust::Early,
-                FlightState::Loading(Some(token)) if saw_lease(token) => Trust::Early,
+                FlightState::Pending { attempt } | FlightState::Waiting { attempt } => {
+                    Trust::Early { after: *attempt }
+                }
+                // No lease request follows the load.
+                FlightState::Loading(Some(token)) if saw_lease(token) => {
+                    Trust::Early { after: u32::MAX }
+                }
                 FlightState::Loading(_) => Trust::Filled,
                 _ => Trust::Reread,
             };
             return Role::Waiter(Waiter { rx, trust });
         }
         let key = key.clone();
-        let tx = Arc::new(watch::channel(FlightState::Pending).0);
+        let tx = Arc::new(watch::channel(FlightState::Pending { attempt: 0 }).0);
         map.insert(key.clone(), tx.clone());
         drop(map);
         Role::Leader(LeaderGuard {
@@ -186,7 +208,7 @@ pub(crate) async fn wait(waiter: Waiter, limit: Option<Duration>) -> Option<Outc
     let mut left = limit;
     if let Some(limit) = limit {
         let started = Instant::now();
-        let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending));
+        let off_redis = rx.wait_for(|s| !matches!(s, FlightState::Pending { .. }));
         if tokio::time::timeout(limit, off_redis).await.is_err() {
             return None;
         }
@@ -248,13 +270,28 @@ impl LeaderGuard {
     /// The leader waits for another caller's fill: off Redis, its waiters wait for it however
     /// long that takes.
     pub(crate) fn waiting(&self) {
-        self.tx.send_if_modified(|s| {
-            let was_pending = matches!(s, FlightState::Pending);
-            if was_pending {
-                *s = FlightState::Waiting;
+        self.tx.send_if_modified(|s| match *s {
+            FlightState::Pending { attempt } => {
+                *s = FlightState::Waiting { attempt };
+                true
             }
-            was_pending
+            _ => false,
         });
+    }
+
+    /// Numbers the lease request the leader is about to send, so a fetch that joins from now
+    /// on knows whether a value that request reads may predate it. Waiters are not woken: the
+    /// number matters only to those who join.
+    pub(crate) fn next_attempt(&self) -> u32 {
+        let mut number = 0;
+        self.tx.send_if_modified(|s| {
+            if let FlightState::Pending { attempt } | FlightState::Waiting { attempt } = s {
+                *attempt += 1;
+                number = *attempt;
+            }
+            false
+        });
+        number
     }
 
     /// The leader's loader starts, under `lease` (or without one). Sent before the loader
@@ -365,23 +402,58 @@ mod tests {
     fn trust_follows_where_the_flight_was_at_the_join() {
         let flights = Flights::default();
         let leader = lead(&flights);
-        assert_eq!(wait_on(&flights).trust(), Trust::Early, "pending");
+        assert_eq!(
+            wait_on(&flights).trust(),
+            Trust::Early { after: 0 },
+            "pending"
+        );
         leader.waiting();
-        assert_eq!(wait_on(&flights).trust(), Trust::Early, "waiting");
+        assert_eq!(
+            wait_on(&flights).trust(),
+            Trust::Early { after: 0 },
+            "waiting"
+        );
         let token = Token::new();
         leader.loading(Some(token.clone()));
         assert_eq!(wait_on(&flights).trust(), Trust::Filled, "loading");
         let Role::Waiter(saw) = flights.join(&key(), |t| *t == token) else {
             panic!("must wait");
         };
-        assert_eq!(saw.trust(), Trust::Early, "loading, own read saw the lease");
+        assert_eq!(
+            saw.trust(),
+            Trust::Early { after: u32::MAX },
+            "loading, own read saw the lease"
+        );
         let Role::Waiter(other) = flights.join(&key(), |t| *t == Token::new()) else {
             panic!("must wait");
         };
         assert_eq!(other.trust(), Trust::Filled, "loading, another lease seen");
         leader.loaded(payload(b"v"));
         assert_eq!(wait_on(&flights).trust(), Trust::Reread, "fill sent");
-        assert_eq!(wait_on(&flights).trust_early().trust(), Trust::Early);
+        assert_eq!(
+            wait_on(&flights).trust_early().trust(),
+            Trust::Early { after: 0 }
+        );
+    }
+
+    /// A value the leader's lease request read from Redis serves those who joined before that
+    /// request went out; one who joined after it may have started after an invalidation the
+    /// read predates (the request was on the wire when the key was invalidated): it reads again.
+    #[tokio::test]
+    async fn a_value_read_by_a_lease_request_serves_only_those_who_joined_before_it_was_sent() {
+        let flights = Flights::default();
+        let mut leader = lead(&flights);
+        let before = wait_on(&flights);
+        let n = leader.next_attempt();
+        assert_eq!(n, 1);
+        let after = wait_on(&flights);
+        assert_eq!(after.trust(), Trust::Early { after: 1 });
+        leader.finish(FlightState::Done(payload(b"v"), Proof::Read(n)));
+        assert_eq!(value_of(wait(before, None).await), b"v");
+        assert!(matches!(
+            wait(after, None).await,
+            Some(Outcome::Retry { voided: false })
+        ));
     }
 
     /// The race of #13: a fetch joins a load that began before another process's invalidation

@@ -157,6 +157,7 @@ impl Cache {
                     inner.fault(&budget.timed_out());
                     break;
                 }
+                let attempt = guard.next_attempt();
                 match budget
                     .spend(
                         inner
@@ -175,7 +176,8 @@ impl Cache {
                                 // Filled between our read and the lease attempt: still a hit.
                                 bump(&inner.counters.hits);
                             }
-                            guard.finish(FlightState::Done(Arc::new(payload), Proof::Held));
+                            let proof = Proof::Read(attempt);
+                            guard.finish(FlightState::Done(Arc::new(payload), proof));
                             return Ok(value);
                         }
                         None => force = true,
