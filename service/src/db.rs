@@ -99,6 +99,10 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(options.max_connections)
                 .acquire_timeout(options.acquire_timeout)
+                // No ping before each query (sqlx's default): it doubles the round trips of
+                // every uncached read. A connection the server dropped fails one query with
+                // a 503 and is closed, and the pool opens a new one.
+                .test_before_acquire(false)
                 .connect_lazy(url)?;
             Ok(Db::Postgres(pool))
         } else {
