@@ -129,7 +129,7 @@ for mode in off redis embedded; do run "$mode"; done
     awk '$1 == "off" { rps = $2; q = $7 } $1 != "off" { name[++n] = $1; r[n] = $2; qq[n] = $7 }
         END { for (i = 1; i <= n; i++)
             printf "cache on (%s): %.1fx the requests/s, database queries/s cut by %.2f %%\n",
-                name[i], r[i] / rps, q > 0 ? 100 * (1 - qq[i] / q) : 0 }' "$WORK/figures"
+                name[i], r[i] / rps, (q > 0 ? 100 * (1 - qq[i] / q) : 0) }' "$WORK/figures"
     echo
     echo "wrk -t$THREADS -c$CONNECTIONS -d${SECS}s, Zipf s=$ZIPF_S over $ITEMS items, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), cold cache at the start of each run, $(nproc) CPUs shared by wrk, the service, PostgreSQL and Redis."
 } >"$OUT/results.md"
