@@ -122,14 +122,15 @@ for mode in off redis embedded; do run "$mode"; done
 {
     echo "| cache | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | DB queries/s | hit rate | non-2xx |"
     echo "|---|---|---|---|---|---|---|---|---|"
-    awk '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s %% | %s |\n",
+    awk '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
         ($1 == "off" ? "off (CACHE_BYPASS=1)" : "on, " $1), $2, $3, $4, $5, $6, $7,
-        ($1 == "off" ? "-" : $8), $9 + $10 }' "$WORK/figures"
+        ($1 == "off" ? "-" : $8 " %"), $9 + $10 }' "$WORK/figures"
     echo
     awk '$1 == "off" { rps = $2; q = $7 } $1 != "off" { name[++n] = $1; r[n] = $2; qq[n] = $7 }
         END { for (i = 1; i <= n; i++)
-            printf "cache on (%s): %.1fx the requests/s, database queries/s cut by %.2f %%\n",
-                name[i], r[i] / rps, (q > 0 ? 100 * (1 - qq[i] / q) : 0) }' "$WORK/figures"
+            printf "- cache on (%s): %.1fx the requests/s; database queries/s cut by %.1f %%, queries per request by %.1f %%\n",
+                name[i], r[i] / rps, (q > 0 ? 100 * (1 - qq[i] / q) : 0),
+                (q > 0 ? 100 * (1 - (qq[i] / r[i]) / (q / rps)) : 0) }' "$WORK/figures"
     echo
     echo "wrk -t$THREADS -c$CONNECTIONS -d${SECS}s, Zipf s=$ZIPF_S over $ITEMS items, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), cold cache at the start of each run, $(nproc) CPUs shared by wrk, the service, PostgreSQL and Redis."
 } >"$OUT/results.md"
