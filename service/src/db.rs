@@ -48,6 +48,16 @@ impl From<sqlx::Error> for DbError {
             {
                 DbError::Unavailable(e)
             }
+            // SQLite: SQLITE_BUSY or SQLITE_LOCKED (extended codes keep the primary code in
+            // the low byte): another connection held the lock past the busy timeout.
+            sqlx::Error::Database(d)
+                if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                    && d.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+            {
+                DbError::Unavailable(e)
+            }
             _ => DbError::Other(e),
         }
     }
