@@ -35,9 +35,21 @@ fi
 REDIS_PID=""
 SERVICE_PID=""
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cacheobj-load.XXXXXX")
+# stop PID: SIGTERM, up to 10 s to exit, then SIGKILL. (A SIGTERM that lands before the
+# forked shell has exec'ed the program runs this script's trap instead: hence the SIGKILL.)
+stop() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
 cleanup() {
-    [ -z "$SERVICE_PID" ] || { kill -TERM "$SERVICE_PID" 2>/dev/null || true; wait "$SERVICE_PID" 2>/dev/null || true; }
-    [ -z "$REDIS_PID" ] || { kill -TERM "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; }
+    [ -z "$SERVICE_PID" ] || stop "$SERVICE_PID"
+    [ -z "$REDIS_PID" ] || stop "$REDIS_PID"
     pg_stop
     rm -rf -- "$WORK"
 }
@@ -74,6 +86,24 @@ metric() { # metric URL NAME: a value from /metrics (0 when absent)
     curl -fsS "$1/metrics" | awk -v n="$2" '$1 == n { v = $2 } END { print v + 0 }'
 }
 
+# start_service NAME ENV...: starts the service with ENV, waits until it prints its address
+# (sets URL and SERVICE_PID).
+start_service() {
+    local name=$1
+    shift
+    : >"$WORK/$name.out"
+    env "$@" "$BIN" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    SERVICE_PID=$!
+    URL=""
+    for _ in $(seq 1 300); do
+        URL=$(sed -n 's/^listening on //p' "$WORK/$name.out")
+        [ -n "$URL" ] && return 0
+        kill -0 "$SERVICE_PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; die "the service exited"; }
+        sleep 0.1
+    done
+    die "the service did not print its address within 30 s"
+}
+
 # run MODE: starts the service in MODE (redis | embedded | off), runs wrk, records figures.
 run() {
     local mode=$1 env=(BIND=127.0.0.1:0 DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/load"
@@ -84,23 +114,16 @@ run() {
         off) env+=(CACHE_BYPASS=1) ;;
     esac
     redis-cli -p "$REDIS_PORT" flushall >/dev/null
-    env "${env[@]}" "$BIN" >"$WORK/$mode.out" 2>"$WORK/$mode.err" &
-    SERVICE_PID=$!
-    local url=""
-    for _ in $(seq 1 300); do
-        url=$(sed -n 's/^listening on //p' "$WORK/$mode.out")
-        [ -n "$url" ] && break
-        kill -0 "$SERVICE_PID" 2>/dev/null || { cat "$WORK/$mode.err" >&2; die "service exited"; }
-        sleep 0.1
-    done
-    [ -n "$url" ] || die "the service did not start"
+    local url
+    start_service "$mode" "${env[@]}"
+    url=$URL
     local q0 h0 m0 q1 h1 m1
     q0=$(item_reads); h0=$(metric "$url" cacheobj_hits_total); m0=$(metric "$url" cacheobj_misses_total)
     log "cache $mode: wrk -t$THREADS -c$CONNECTIONS -d${SECS}s on $url"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECS}s" --latency -s "$OUT/zipf.lua" "$url" \
         >"$WORK/$mode.wrk"
     q1=$(item_reads); h1=$(metric "$url" cacheobj_hits_total); m1=$(metric "$url" cacheobj_misses_total)
-    kill -TERM "$SERVICE_PID"; wait "$SERVICE_PID" || true; SERVICE_PID=""
+    stop "$SERVICE_PID"; SERVICE_PID=""
     grep -q '^RESULT' "$WORK/$mode.wrk" || { cat "$WORK/$mode.wrk" >&2; die "wrk printed no result"; }
     awk -v mode="$mode" -v q="$((q1 - q0))" -v h="$((h1 - h0))" -v m="$((m1 - m0))" '
         /^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
@@ -118,6 +141,14 @@ run() {
 : >"$WORK/figures"
 for mode in off redis embedded; do run "$mode"; done
 
+# The ceiling on this machine: the same service answering its JSON 404 fallback (routing and
+# a JSON body, no cache, no database), so the ratios above can be read against it.
+start_service ceiling BIND=127.0.0.1:0 SEED_ITEMS=0 RUST_LOG=warn \
+    DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/load"
+log "ceiling: wrk -t$THREADS -c$CONNECTIONS -d10s $URL/nowhere"
+CEILING=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d10s "$URL/nowhere" | awk '/^Requests\/sec/ { printf "%.0f", $2 }')
+stop "$SERVICE_PID"; SERVICE_PID=""
+
 # results.md: the table, with the ratios against the cache-off run.
 {
     echo "| cache | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | DB queries/s | hit rate | non-2xx |"
@@ -131,6 +162,7 @@ for mode in off redis embedded; do run "$mode"; done
             printf "- cache on (%s): %.1fx the requests/s; database queries/s cut by %.1f %%, queries per request by %.1f %%\n",
                 name[i], r[i] / rps, (q > 0 ? 100 * (1 - qq[i] / q) : 0),
                 (q > 0 ? 100 * (1 - (qq[i] / r[i]) / (q / rps)) : 0) }' "$WORK/figures"
+    awk -v c="$CEILING" '$1 == "off" { printf "- ceiling: the same service answers a bare JSON 404 route at %s requests/s, %.1fx the cache-off rate\n", c, c / $2 }' "$WORK/figures"
     echo
     echo "wrk -t$THREADS -c$CONNECTIONS -d${SECS}s, Zipf s=$ZIPF_S over $ITEMS items, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), cold cache at the start of each run, $(nproc) CPUs shared by wrk, the service, PostgreSQL and Redis."
 } >"$OUT/results.md"
