@@ -6,20 +6,43 @@
 //! CACHE_URL=redis://127.0.0.1:6379/ cargo run --example quickstart
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Mutex;
 
 use cacheobj::{Cache, CacheConfig};
 use cacheobj_strategies::{
     Item, ItemKey, ITEM, ITEM_HASH, ITEM_MEMBERS, ITEM_STAT, ITEM_TAGS, MAYBE_ITEM,
 };
 
-/// Stands in for a database query.
-async fn load_item(id: u64) -> Result<Item, Infallible> {
-    println!("  (database) loading item {id}");
-    Ok(Item {
-        id,
-        name: format!("item #{id}"),
-    })
+/// Stands in for a database table: item id -> name.
+struct Db(Mutex<HashMap<u64, String>>);
+
+impl Db {
+    /// Stands in for a `SELECT`.
+    async fn load_item(&self, id: u64) -> Result<Item, Infallible> {
+        println!("  (database) loading item {id}");
+        let table = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let name = table
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("item #{id}"));
+        Ok(Item { id, name })
+    }
+
+    /// Stands in for an `UPDATE`.
+    async fn rename(&self, id: u64, name: &str) -> Result<(), cacheobj::Error> {
+        println!("  (database) renaming item {id} to {name:?}");
+        let mut table = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.insert(id, name.to_owned());
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -40,24 +63,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Cache::in_memory()
     };
 
+    let db = Db(Mutex::new(HashMap::from([(1, "lamp".to_string())])));
     let key = ItemKey { item_id: 1 };
     cache.invalidate(&ITEM, &key).await?;
 
     println!("fetch item 1 (miss):");
-    let item = cache.fetch(&ITEM, &key, || load_item(1)).await?;
+    let item = cache.fetch(&ITEM, &key, || db.load_item(1)).await?;
     println!("  -> {item:?}");
     println!("fetch item 1 again (hit):");
-    let item = cache.fetch(&ITEM, &key, || load_item(1)).await?;
+    let item = cache.fetch(&ITEM, &key, || db.load_item(1)).await?;
     println!("  -> {item:?}");
 
     println!("rename item 1, then invalidate:");
     let written = cache
-        .invalidate_after(&ITEM, &key, || async { Ok::<_, cacheobj::Error>(()) })
+        .invalidate_after(&ITEM, &key, || db.rename(1, "desk lamp"))
         .await?;
     if let Some(error) = written.cache_error() {
-        println!("  (invalidation queued for retry: {error})");
+        println!("  (the row changed; the invalidation is queued for retry: {error})");
     }
-    let item = cache.fetch(&ITEM, &key, || load_item(1)).await?;
+    println!("fetch item 1 (miss after the invalidation, loads the new name):");
+    let item = cache.fetch(&ITEM, &key, || db.load_item(1)).await?;
     println!("  -> {item:?}");
 
     let missing = ItemKey { item_id: 404 };
@@ -97,8 +122,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("set: loaded {tags:?}, contains \"new\": {has:?}");
 
     cache.hash_del(&ITEM_HASH, &key).await?;
-    let from_hash = cache.fetch(&ITEM_HASH, &key, || load_item(1)).await?;
-    let again = cache.fetch(&ITEM_HASH, &key, || load_item(1)).await?;
+    let from_hash = cache.fetch(&ITEM_HASH, &key, || db.load_item(1)).await?;
+    let again = cache.fetch(&ITEM_HASH, &key, || db.load_item(1)).await?;
     println!("hash: {from_hash:?} then {again:?}");
 
     let stats = cache.stats();

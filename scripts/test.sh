@@ -10,7 +10,9 @@
 #   * a 3-master Redis Cluster:       CACHEOBJ_TEST_CLUSTER_NODES (comma-separated URLs)
 #   * a TLS-only redis-server with a CA and server certificate generated here with
 #     openssl:                        CACHEOBJ_TEST_TLS_URL, CACHEOBJ_TEST_CA_CERT
-# runs the tests, and stops every server (removing the temp dir) on exit.
+# runs the tests, and stops every server (removing the temp dir) on exit. Then runs
+# scripts/service_test.sh: the service (service/) over HTTP on a throwaway PostgreSQL and on
+# SQLite, each test with its own redis-server.
 set -euo pipefail
 
 SCRIPT=test.sh
@@ -361,10 +363,14 @@ if [ "$#" -gt 0 ]; then
     exit 0
 fi
 
-log "running: cargo test --workspace --lib --bins --tests --examples"
-cargo test --workspace --lib --bins --tests --examples
+# The service's tests need PostgreSQL too: scripts/service_test.sh runs them below.
+log "running: cargo test --workspace --exclude cacheobj-service --lib --bins --tests --examples"
+cargo test --workspace --exclude cacheobj-service --lib --bins --tests --examples
 
 log "running: cargo test --workspace --doc"
 cargo test --workspace --doc
+
+log "running: bash scripts/service_test.sh (the service over HTTP, on PostgreSQL and SQLite)"
+bash scripts/service_test.sh
 
 log "all tests passed"
