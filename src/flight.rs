@@ -140,7 +140,8 @@ impl Waiter {
 
     /// Takes the value as soon as the loader returns, whatever the flight's stage: for a fetch
     /// that could not read Redis (fail-open keeps one load per key while Redis is away; no
-    /// invalidation can be seen then anyway).
+    /// invalidation can be seen then anyway), and for one that joins after a flight it was in
+    /// ended (the flight it joins now began after it started).
     pub(crate) fn trust_early(mut self) -> Waiter {
         self.trust = Trust::Early { after: 0 };
         self

@@ -354,3 +354,57 @@ async fn waiters_do_not_wait_for_the_leaders_fill() {
     let stats = cache.stats();
     assert_eq!((stats.loads, stats.coalesced_waits), (1, 10), "{stats:?}");
 }
+
+/// Fetches that join this process's leader while it polls another `Cache`'s lease share the
+/// value its poll finds, however late they join: one that joined after the poll that found it
+/// was sent reads again (its lease request finds the filled value) rather than load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_that_join_while_the_leader_polls_another_lease_do_not_load() {
+    let (a, prefix) = support::redis_cache("poll_join").await;
+    let b = second_cache(&prefix).await;
+    let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.fetch(&HOT, &K { id: 9 }, || async move {
+                let _ = loading_tx.send(());
+                let _ = go_rx.await;
+                Ok::<_, Infallible>("from a".to_string())
+            })
+            .await
+        })
+    };
+    loading_rx.await.expect("a loads under its lease");
+    let spawn_fetch = |b: &Cache| {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.fetch(&HOT, &K { id: 9 }, || async {
+                Ok::<_, Infallible>("from b".to_string())
+            })
+            .await
+        })
+    };
+    let mut fetches = vec![spawn_fetch(&b)];
+    support::wait_until(
+        "b's leader polls a's lease",
+        Duration::from_secs(10),
+        || b.stats().lease_waits >= 1,
+    )
+    .await;
+    // Join one by one while the leader polls, each after the one before has joined.
+    for n in 1..=40 {
+        fetches.push(spawn_fetch(&b));
+        support::wait_until("the fetch joins", Duration::from_secs(10), || {
+            b.stats().coalesced_waits >= n
+        })
+        .await;
+    }
+    go_tx.send(()).expect("a's loader waits");
+    for f in fetches {
+        assert_eq!(f.await.expect("task").expect("infallible"), "from a");
+    }
+    assert_eq!(holder.await.expect("task").expect("infallible"), "from a");
+    let stats = b.stats();
+    assert_eq!(stats.loads, 0, "b waited for a's fill: {stats:?}");
+}

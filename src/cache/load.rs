@@ -65,6 +65,9 @@ impl Cache {
         let entry = load.entry;
         let mut inherited = None;
         let mut retries = 0;
+        // Once this fetch has seen a flight end, any flight it joins began after it did (the
+        // ended one left the map before it said so): its value is fresh for this fetch.
+        let mut newer = false;
         loop {
             let seen = &load.seen;
             let saw_lease = |token: &Token| seen.as_ref().is_some_and(|m| m.is_of(token));
@@ -74,7 +77,7 @@ impl Cache {
                 }
                 Role::Waiter(waiter) => {
                     bump(&inner.counters.coalesced_waits);
-                    let waiter = if load.redis_ok {
+                    let waiter = if load.redis_ok && !newer {
                         waiter
                     } else {
                         waiter.trust_early()
@@ -94,7 +97,7 @@ impl Cache {
                             }
                         }
                         Outcome::Load => return inner.load_uncached(loader).await,
-                        Outcome::TakeOver(token) => inherited = token,
+                        Outcome::TakeOver(token) => (inherited, newer) = (token, true),
                         Outcome::Retry { voided } => {
                             if voided {
                                 bump(&inner.counters.voided_joins);
@@ -108,6 +111,7 @@ impl Cache {
                             // What this fetch read is out of date: the new flight's lease
                             // request reads the entry again.
                             (inherited, load.force, load.seen) = (None, false, None);
+                            newer = true;
                         }
                     }
                 }
