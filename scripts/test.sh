@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole cacheobj test suite against throwaway Redis servers.
 #
-# Usage: bash scripts/test.sh              the whole suite (lib, bins, tests, examples, doctests)
+# Usage: bash scripts/test.sh              the whole suite (lib, bins, tests, examples, the
+#                                          `metrics` feature's test, doctests)
 #        bash scripts/test.sh ARGS...      only `cargo test ARGS...` (say, `--test batch`),
 #                                          against the same servers
 #
@@ -363,6 +364,9 @@ fi
 
 log "running: cargo test --workspace --lib --bins --tests --examples"
 cargo test --workspace --lib --bins --tests --examples
+
+log "running: cargo test --features metrics --test metrics"
+cargo test --features metrics --test metrics
 
 log "running: cargo test --workspace --doc"
 cargo test --workspace --doc
