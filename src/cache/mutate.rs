@@ -149,8 +149,8 @@ impl Cache {
     /// A write that succeeded is never reported as failed: the result is [`Written`], with
     /// the write's value and what became of the invalidation. One that failed because Redis is
     /// down or slow is queued and retried in the background until it lands (bounded by
-    /// [`CacheConfig::invalidation_queue`]; [`Stats::invalidations_queued`],
-    /// [`Stats::invalidations_retried`] and [`Stats::invalidations_dropped`] count it), and
+    /// [`CacheConfig::invalidation_queue`](crate::CacheConfig::invalidation_queue); [`Stats::invalidations_queued`](crate::Stats::invalidations_queued),
+    /// [`Stats::invalidations_retried`](crate::Stats::invalidations_retried) and [`Stats::invalidations_dropped`](crate::Stats::invalidations_dropped) count it), and
     /// this process does not read the entry from Redis until it has: its fetches load
     /// instead. Other processes may read the old entry until the retry lands.
     ///
