@@ -9,7 +9,7 @@ use super::Cache;
 use crate::backend::{Entry, Lookup};
 use crate::error::Error;
 use crate::key::CacheKey;
-use crate::kind::{Hash, Kind, Shape};
+use crate::kind::{Hash, Kind};
 use crate::observe;
 use crate::pending::Queued;
 use crate::strategy::Strategy;
@@ -126,12 +126,21 @@ impl Cache {
         K: CacheKey,
         Kd: Kind,
     {
+        self.invalidate_as("invalidate", strategy, key).await
+    }
+
+    /// [`invalidate`](Self::invalidate), in a span that says which method ran.
+    async fn invalidate_as<V, K, Kd>(
+        &self,
+        what: &'static str,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<(), Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
         let entry = self.render(strategy, key)?;
-        let what = if Kd::SHAPE == Shape::Hash {
-            "hash_del"
-        } else {
-            "invalidate"
-        };
         let queue = self.inner.queue_failed;
         match self
             .invalidate_entry(what, strategy.strategy_name(), &entry, queue)
@@ -224,7 +233,7 @@ impl Cache {
         strategy: &Strategy<V, K, Hash>,
         key: &K,
     ) -> Result<(), Error> {
-        self.invalidate(strategy, key).await
+        self.invalidate_as("hash_del", strategy, key).await
     }
 
     /// Whether a value is cached (a fill in progress does not count).
