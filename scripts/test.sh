@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole cacheobj test suite against throwaway Redis servers.
 #
-# Usage: bash scripts/test.sh              the whole suite (lib, bins, tests, examples, doctests)
+# Usage: bash scripts/test.sh              the whole suite (lib, bins, tests, examples, the
+#                                          `metrics` feature's test, doctests)
 #        bash scripts/test.sh ARGS...      only `cargo test ARGS...` (say, `--test batch`),
 #                                          against the same servers
 #
@@ -366,6 +367,9 @@ fi
 # The service's tests need PostgreSQL too: scripts/service_test.sh runs them below.
 log "running: cargo test --workspace --exclude cacheobj-service --lib --bins --tests --examples"
 cargo test --workspace --exclude cacheobj-service --lib --bins --tests --examples
+
+log "running: cargo test --features metrics --test metrics"
+cargo test --features metrics --test metrics
 
 log "running: cargo test --workspace --doc"
 cargo test --workspace --doc

@@ -14,8 +14,9 @@
 //!   handling).
 //! - [`Strategy`] (`strategy`) renders keys with `template` and `key` ([`CacheKey`]); `kind`
 //!   and `value` say what each kind holds, `codec` and `nesting_limit` how it is encoded.
-//! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `clock` and `lock`
-//!   are small shared helpers.
+//! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `observe` counts each
+//!   fetch's events per strategy (and in `metrics`) and keeps its span's outcome; `clock` and
+//!   `lock` are small shared helpers.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -32,6 +33,7 @@ mod key;
 mod kind;
 mod lock;
 mod nesting_limit;
+mod observe;
 mod pending;
 mod stats;
 mod strategy;

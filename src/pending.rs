@@ -79,12 +79,16 @@ impl Pending {
             if state.entries.len() >= self.capacity {
                 drop(state);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                crate::observe::invalidation_metric("cacheobj_invalidations_dropped_total");
                 return Queued::Full;
             }
             state.entries.insert(entry.clone(), seq);
             self.len.store(state.entries.len(), Ordering::Release);
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::observe::invalidation_metric("cacheobj_invalidations_queued_total");
         if !state.worker {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 state.worker = true;
@@ -110,6 +114,8 @@ impl Pending {
             if state.entries.get(entry) == Some(seq) {
                 state.entries.remove(entry);
                 self.retried.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                crate::observe::invalidation_metric("cacheobj_invalidations_retried_total");
             }
         }
         self.len.store(state.entries.len(), Ordering::Release);

@@ -2,7 +2,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A snapshot of a [`Cache`](crate::Cache)'s counters, shared by all its clones.
+/// A snapshot of a [`Cache`](crate::Cache)'s counters, shared by all its clones: of all its
+/// strategies ([`Cache::stats`](crate::Cache::stats)) or of one
+/// ([`Cache::strategy_stats`](crate::Cache::strategy_stats)). Serializes as a map of its
+/// fields, for a status page or a log line.
 ///
 /// # Examples
 ///
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// assert_eq!(stats.hits, 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Fetches answered from the cache.
@@ -20,6 +23,8 @@ pub struct Stats {
     pub misses: u64,
     /// Loader calls made by fetches.
     pub loads: u64,
+    /// Time spent in those loader calls, summed, in microseconds.
+    pub load_micros: u64,
     /// Cache operations that failed (Redis down, slow, refusing; a key that did not render; a
     /// value that did not encode). `fetch` ran the loader instead.
     pub errors: u64,
@@ -42,7 +47,8 @@ pub struct Stats {
     /// the invalidation. Each costs at most one extra load per key, and only when an
     /// invalidation actually raced a load.
     pub voided_joins: u64,
-    /// Invalidations that failed (Redis down or slow) and were queued for retry: by
+    /// Invalidations that failed (Redis down or slow) and were queued for retry (process-wide:
+    /// 0 in a [`Cache::strategy_stats`](crate::Cache::strategy_stats)): by
     /// [`Cache::invalidate_after`](crate::Cache::invalidate_after), and by `invalidate`,
     /// `invalidate_many` and `hash_del` when
     /// [`CacheConfig::queue_failed_invalidations`](crate::CacheConfig::queue_failed_invalidations)
@@ -60,6 +66,7 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) loads: AtomicU64,
+    pub(crate) load_micros: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) undecodable: AtomicU64,
     pub(crate) coalesced_waits: AtomicU64,
@@ -70,17 +77,51 @@ pub(crate) struct Counters {
     pub(crate) voided_joins: AtomicU64,
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+/// What a fetch counts: one of [`Counters`]' fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Hit,
+    Miss,
+    Load,
+    Error,
+    Undecodable,
+    CoalescedWait,
+    LeaseWait,
+    LeaseTimeout,
+    StaleFillRejected,
+    EarlyRefresh,
+    VoidedJoin,
 }
 
 impl Counters {
+    pub(crate) fn add(&self, event: Event, n: u64) {
+        let counter = match event {
+            Event::Hit => &self.hits,
+            Event::Miss => &self.misses,
+            Event::Load => &self.loads,
+            Event::Error => &self.errors,
+            Event::Undecodable => &self.undecodable,
+            Event::CoalescedWait => &self.coalesced_waits,
+            Event::LeaseWait => &self.lease_waits,
+            Event::LeaseTimeout => &self.lease_timeouts,
+            Event::StaleFillRejected => &self.stale_fills_rejected,
+            Event::EarlyRefresh => &self.early_refreshes,
+            Event::VoidedJoin => &self.voided_joins,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_load_micros(&self, micros: u64) {
+        self.load_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             hits: get(&self.hits),
             misses: get(&self.misses),
             loads: get(&self.loads),
+            load_micros: get(&self.load_micros),
             errors: get(&self.errors),
             undecodable: get(&self.undecodable),
             coalesced_waits: get(&self.coalesced_waits),

@@ -136,6 +136,7 @@ type Types<V, K, Kd> = PhantomData<fn() -> (V, K, Kd)>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Strategy<V, K, Kd = Obj> {
+    name: &'static str,
     key: Template,
     hash_key: Option<Template>,
     expire_ms: u64,
@@ -150,7 +151,13 @@ pub struct Strategy<V, K, Kd = Obj> {
 
 impl<V, K: CacheKey, Kd: Kind> Strategy<V, K, Kd> {
     const fn new(key: Template, hash_key: Option<Template>) -> Self {
+        // The hash key names a hash strategy better than its field template does.
+        let name = match &hash_key {
+            Some(t) => t.source(),
+            None => key.source(),
+        };
         Strategy {
+            name,
             key,
             hash_key,
             expire_ms: 0,
@@ -304,6 +311,46 @@ impl<V, K> Strategy<V, K, Hash> {
 }
 
 impl<V, K, Kd> Strategy<V, K, Kd> {
+    /// Names the strategy in its [`Cache::strategy_stats`](crate::Cache::strategy_stats), its
+    /// metrics (the `strategy` label) and its tracing spans. Default: the key template (for a
+    /// [`Hash`](struct@Hash) strategy, the hash key template). Strategies that share a name
+    /// share their figures; keep names few and fixed, since each is a metric label.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Hash, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>").name("item");
+    /// assert_eq!(ITEM.strategy_name(), "item");
+    /// const PLAIN: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>");
+    /// assert_eq!(PLAIN.strategy_name(), "item:<item_id>");
+    /// const ITEMS: Strategy<String, ItemKey, Hash> = Strategy::hash("items", "<item_id>");
+    /// assert_eq!(ITEMS.strategy_name(), "items");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub const fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The name set by [`name`](Self::name), or the template it defaults to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>").name("item");
+    /// assert_eq!(ITEM.strategy_name(), "item");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub const fn strategy_name(&self) -> &'static str {
+        self.name
+    }
+
     /// Entries expire `secs` seconds after they are filled. Without it they never expire. For a
     /// [`Hash`](struct@Hash) strategy the TTL is the whole Redis hash's, extended on each fill to at least
     /// `secs` (Redis before 7.4 has no per-field TTL).
@@ -762,7 +809,8 @@ impl<V, K, Kd> Copy for Strategy<V, K, Kd> {}
 
 impl<V, K, Kd> PartialEq for Strategy<V, K, Kd> {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
+        self.name == other.name
+            && self.key == other.key
             && self.hash_key == other.hash_key
             && self.expire_ms == other.expire_ms
             && self.negative_ms == other.negative_ms
@@ -788,6 +836,7 @@ impl<V, K, Kd> StdHash for Strategy<V, K, Kd> {
 impl<V, K, Kd> fmt::Debug for Strategy<V, K, Kd> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Strategy")
+            .field("name", &self.name)
             .field("kind", &std::any::type_name::<Kd>())
             .field("hash_key", &self.hash_template())
             .field("key", &self.key.source())

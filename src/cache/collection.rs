@@ -4,7 +4,7 @@ use super::Cache;
 use crate::codec::encode_text;
 use crate::error::Error;
 use crate::key::CacheKey;
-use crate::kind::{Kind, List, Set};
+use crate::kind::{Kind, List, Set, Shape};
 use crate::strategy::Strategy;
 use crate::value::Collection;
 
@@ -28,8 +28,18 @@ impl Cache {
     ) -> Result<Option<u64>, Error> {
         let entry = self.render(strategy, key)?;
         let elems = Self::encode_elems(strategy, elems)?;
-        self.mutate(&entry, self.inner.backend.push(entry.loc(), &elems))
-            .await
+        let what = if Kd::SHAPE == Shape::List {
+            "list_push"
+        } else {
+            "set_add"
+        };
+        self.mutate(
+            what,
+            strategy.strategy_name(),
+            &entry,
+            self.inner.backend.push(entry.loc(), &elems),
+        )
+        .await
     }
 
     async fn remove<V: Collection, K: CacheKey, Kd: Kind>(
@@ -40,8 +50,18 @@ impl Cache {
     ) -> Result<Option<u64>, Error> {
         let entry = self.render(strategy, key)?;
         let elems = Self::encode_elems(strategy, elems)?;
-        self.mutate(&entry, self.inner.backend.remove(entry.loc(), &elems))
-            .await
+        let what = if Kd::SHAPE == Shape::List {
+            "list_remove"
+        } else {
+            "set_remove"
+        };
+        self.mutate(
+            what,
+            strategy.strategy_name(),
+            &entry,
+            self.inner.backend.remove(entry.loc(), &elems),
+        )
+        .await
     }
 
     async fn len<V, K: CacheKey, Kd: Kind>(

@@ -40,8 +40,13 @@ impl Cache {
         delta: i64,
     ) -> Result<Option<i64>, Error> {
         let entry = self.render(strategy, key)?;
-        self.mutate(&entry, self.inner.backend.incr(entry.loc(), delta))
-            .await
+        self.mutate(
+            "incr",
+            strategy.strategy_name(),
+            &entry,
+            self.inner.backend.incr(entry.loc(), delta),
+        )
+        .await
     }
 
     /// Subtracts `delta` from a cached counter; see [`incr`](Self::incr).
@@ -108,6 +113,8 @@ impl Cache {
         let entry = self.render(strategy, key)?;
         let ttl = strategy.fill_ttl_ms(false);
         self.mutate(
+            "incr_or_create",
+            strategy.strategy_name(),
             &entry,
             self.inner.backend.incr_or_create(entry.loc(), delta, ttl),
         )
@@ -178,6 +185,8 @@ impl Cache {
         let ttl = strategy.fill_ttl_ms(false);
         let text = value.to_string();
         self.mutate(
+            "set_counter",
+            strategy.strategy_name(),
             &entry,
             self.inner
                 .backend

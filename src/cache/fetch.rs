@@ -2,6 +2,9 @@
 
 use std::future::Future;
 
+use tracing::field::Empty;
+use tracing::Instrument;
+
 use super::load::Load;
 use super::Cache;
 use crate::backend::Lookup;
@@ -9,7 +12,8 @@ use crate::budget::Started;
 use crate::error::Error;
 use crate::key::CacheKey;
 use crate::kind::{Kind, Shape};
-use crate::stats::bump;
+use crate::observe;
+use crate::stats::Event;
 use crate::strategy::Strategy;
 use crate::value::CacheValue;
 
@@ -76,14 +80,27 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        let op = &self.inner.op(strategy.strategy_name());
+        let span = tracing::debug_span!(
+            "cacheobj.fetch",
+            strategy = strategy.strategy_name(),
+            outcome = Empty,
+            load_us = Empty,
+            elapsed_us = Empty,
+        );
+        // Records the outcome however the fetch ends. The hit path runs outside the span: it
+        // logs nothing, and instrumenting it would move the whole fetch future once more.
+        let _finish = observe::Finish::new(&span, op);
         let inner = &*self.inner;
         let entry = match self.render(strategy, key) {
             Ok(r) => r,
             Err(e) => {
-                inner.fault(&Error::Key(e));
-                return inner.load_uncached(loader).await;
+                op.fault(&Error::Key(e));
+                return op.load(loader).instrument(span.clone()).await;
             }
         };
+        // The rendered key may hold personal data: TRACE only.
+        tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
         let loc = entry.loc();
         let codec = strategy.value_codec();
         let early = strategy.early_refresh_ms() > 0
@@ -94,8 +111,8 @@ impl Cache {
             if let Err(e) = self.settled(&entry).await {
                 // This entry's invalidation has not landed: Redis may still hold what it
                 // removes.
-                inner.fault(&e);
-                return inner.load_uncached(loader).await;
+                op.fault(&e);
+                return op.load(loader).instrument(span.clone()).await;
             }
         }
         let read = if early {
@@ -107,12 +124,13 @@ impl Cache {
         let mut redis_ok = true;
         let mut seen = None;
         match read {
-            Ok((Lookup::Hit(payload), ttl)) => match inner.decode(&entry, &payload, codec) {
+            Ok((Lookup::Hit(payload), ttl)) => match inner.decode(op, &entry, &payload, codec) {
                 Some(value) => {
-                    bump(&inner.counters.hits);
+                    op.bump(Event::Hit);
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
                         return self
                             .refresh_early(
+                                op,
                                 strategy,
                                 &entry,
                                 payload,
@@ -120,6 +138,7 @@ impl Cache {
                                 started.budget(),
                                 loader,
                             )
+                            .instrument(span.clone())
                             .await;
                     }
                     return Ok(value);
@@ -127,18 +146,19 @@ impl Cache {
                 None => force = true,
             },
             Ok((Lookup::Garbage, _)) => {
-                inner.undecodable(loc.key, &Error::Unavailable);
+                op.undecodable(loc.key, &Error::Unavailable);
                 force = true;
             }
             Ok((Lookup::Leased(marker), _)) => seen = Some(marker),
             Ok((Lookup::Miss, _)) => {}
             Err(e) => {
-                inner.fault(&e);
+                op.fault(&e);
                 redis_ok = false;
             }
         }
-        bump(&inner.counters.misses);
+        op.bump(Event::Miss);
         let load = Load {
+            op,
             strategy,
             entry: &entry,
             force,
@@ -146,7 +166,9 @@ impl Cache {
             seen,
             budget: started.budget(),
         };
-        self.load_coalesced(load, loader).await
+        self.load_coalesced(load, loader)
+            .instrument(span.clone())
+            .await
     }
 }
 

@@ -11,6 +11,7 @@ use crate::budget::Budget;
 use crate::error::Error;
 use crate::flight::{FlightKey, LeaderGuard};
 use crate::lock::lock;
+use crate::observe::Op;
 
 /// Marks an entry as having an orphaned lease while a background release runs.
 struct Orphan {
@@ -62,12 +63,13 @@ impl Cache {
     /// releases of its lease (see [`release_in_background`](Self::release_in_background)).
     pub(super) fn fault_and_release(
         &self,
+        op: &Op<'_>,
         error: &Error,
         entry: &Entry,
         token: Token,
         within: Duration,
     ) {
-        self.inner.fault(error);
+        op.fault(error);
         self.release_in_background(entry, token, within);
     }
 
@@ -105,6 +107,7 @@ impl Cache {
     /// when that runs out or the release fails.
     pub(super) async fn release_within(
         &self,
+        op: &Op<'_>,
         entry: &Entry,
         lease: Option<Token>,
         budget: &mut Budget,
@@ -117,15 +120,15 @@ impl Cache {
             .spend(self.inner.backend.release(entry.loc(), &token))
             .await
         {
-            self.fault_and_release(&e, entry, token, within);
+            self.fault_and_release(op, &e, entry, token, within);
         }
     }
 
     /// Releases a lease, counting a failure.
-    pub(super) async fn release(&self, entry: &Entry, lease: Option<&Token>) {
+    pub(super) async fn release(&self, op: &Op<'_>, entry: &Entry, lease: Option<&Token>) {
         if let Some(token) = lease {
             if let Err(e) = self.inner.backend.release(entry.loc(), token).await {
-                self.inner.fault(&e);
+                op.fault(&e);
             }
         }
     }

@@ -14,12 +14,14 @@ use crate::flight::{self, FlightKey, FlightState, LeaderGuard, Outcome, Proof, R
 use crate::key::CacheKey;
 use crate::kind::Kind;
 use crate::lock::lock;
-use crate::stats::bump;
+use crate::observe::Op;
+use crate::stats::Event;
 use crate::strategy::Strategy;
 use crate::value::{CacheValue, Payload};
 
 /// One fetch's load after a miss: what [`Cache::load_coalesced`] and [`Cache::lead`] work on.
 pub(super) struct Load<'a, V, K, Kd> {
+    pub(super) op: &'a Op<'a>,
     pub(super) strategy: &'a Strategy<V, K, Kd>,
     pub(super) entry: &'a Entry,
     /// The cached value did not decode: take the lease over it.
@@ -62,7 +64,7 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let inner = &*self.inner;
-        let entry = load.entry;
+        let (op, entry) = (load.op, load.entry);
         let mut inherited = None;
         let mut retries = 0;
         // Once this fetch has seen a flight end, any flight it joins began after it did (the
@@ -76,7 +78,7 @@ impl Cache {
                     return self.lead(load, &mut guard, inherited, loader).await;
                 }
                 Role::Waiter(waiter) => {
-                    bump(&inner.counters.coalesced_waits);
+                    op.bump(Event::CoalescedWait);
                     let waiter = if load.redis_ok && !newer {
                         waiter
                     } else {
@@ -86,27 +88,27 @@ impl Cache {
                     let Some(outcome) = outcome else {
                         // The flight is still on Redis after this fetch's response timeout:
                         // load rather than wait on Redis longer (the leader fills).
-                        inner.fault(&load.budget.timed_out());
-                        return inner.load_uncached(loader).await;
+                        op.fault(&load.budget.timed_out());
+                        return op.load(loader).await;
                     };
                     match outcome {
                         Outcome::Value(payload) => {
-                            match inner.decode(entry, &payload, load.strategy.value_codec()) {
+                            match inner.decode(op, entry, &payload, load.strategy.value_codec()) {
                                 Some(value) => return Ok(value),
-                                None => return inner.load_uncached(loader).await,
+                                None => return op.load(loader).await,
                             }
                         }
-                        Outcome::Load => return inner.load_uncached(loader).await,
+                        Outcome::Load => return op.load(loader).await,
                         Outcome::TakeOver(token) => (inherited, newer) = (token, true),
                         Outcome::Retry { voided } => {
                             if voided {
-                                bump(&inner.counters.voided_joins);
+                                op.bump(Event::VoidedJoin);
                             }
                             retries += 1;
                             if retries > MAX_RETRIES {
                                 // Invalidations keep racing the loads: this fetch's own load
                                 // cannot predate its start.
-                                return inner.load_uncached(loader).await;
+                                return op.load(loader).await;
                             }
                             // What this fetch read is out of date: the new flight's lease
                             // request reads the entry again.
@@ -135,6 +137,7 @@ impl Cache {
         Fut: Future<Output = Result<V, E>>,
     {
         let Load {
+            op,
             strategy,
             entry,
             mut force,
@@ -158,7 +161,7 @@ impl Cache {
                 if budget.is_spent() {
                     // This fetch has had its response timeout's worth of Redis: load without
                     // a lease rather than wait on it longer.
-                    inner.fault(&budget.timed_out());
+                    op.fault(&budget.timed_out());
                     break;
                 }
                 let attempt = guard.next_attempt();
@@ -174,11 +177,11 @@ impl Cache {
                         lease = Some(token);
                         break;
                     }
-                    Ok(Acquire::Hit(payload)) => match inner.decode(entry, &payload, codec) {
+                    Ok(Acquire::Hit(payload)) => match inner.decode(op, entry, &payload, codec) {
                         Some(value) => {
                             if !waiting {
                                 // Filled between our read and the lease attempt: still a hit.
-                                bump(&inner.counters.hits);
+                                op.bump(Event::Hit);
                             }
                             let proof = Proof::Read(attempt);
                             guard.finish(FlightState::Done(Arc::new(payload), proof));
@@ -194,19 +197,19 @@ impl Cache {
                         }
                         if !waiting {
                             waiting = true;
-                            bump(&inner.counters.lease_waits);
+                            op.bump(Event::LeaseWait);
                             guard.waiting();
                         }
                         let now = Instant::now();
                         if now >= deadline {
-                            bump(&inner.counters.lease_timeouts);
+                            op.bump(Event::LeaseTimeout);
                             break;
                         }
                         tokio::time::sleep(backoff.min(deadline - now)).await;
                         backoff = (backoff * 2).min(Duration::from_millis(50));
                     }
                     Err(e) => {
-                        self.fault_and_release(&e, entry, token, strategy.lease_time());
+                        self.fault_and_release(op, &e, entry, token, strategy.lease_time());
                         break;
                     }
                 }
@@ -216,9 +219,8 @@ impl Cache {
             Some(token) => self.arm_release(guard, entry, token.clone()),
             None => guard.drop_lease(),
         }
-        bump(&inner.counters.loads);
         guard.loading(lease.clone());
-        match loader().await {
+        match op.load(loader).await {
             Ok(value) => {
                 match value.encode(codec) {
                     Ok(payload) => {
@@ -236,12 +238,13 @@ impl Cache {
                                 Ok(true) => proof = Proof::Held,
                                 Ok(false) => {
                                     proof = Proof::Voided;
-                                    bump(&inner.counters.stale_fills_rejected);
+                                    op.bump(Event::StaleFillRejected);
                                     tracing::debug!(key = %String::from_utf8_lossy(loc.key), "cacheobj: fill rejected: the key was invalidated or its lease expired during the load");
                                 }
                                 Err(e) => {
                                     // The fill may not have run: don't leave the lease behind.
                                     self.fault_and_release(
+                                        op,
                                         &e,
                                         entry,
                                         token.clone(),
@@ -253,8 +256,8 @@ impl Cache {
                         guard.finish(FlightState::Done(payload, proof));
                     }
                     Err(e) => {
-                        inner.fault(&Error::Encode(e));
-                        self.release_within(entry, lease, &mut budget, strategy.lease_time())
+                        op.fault(&Error::Encode(e));
+                        self.release_within(op, entry, lease, &mut budget, strategy.lease_time())
                             .await;
                         guard.finish(FlightState::Failed);
                     }
@@ -262,7 +265,7 @@ impl Cache {
                 Ok(value)
             }
             Err(e) => {
-                self.release_within(entry, lease, &mut budget, strategy.lease_time())
+                self.release_within(op, entry, lease, &mut budget, strategy.lease_time())
                     .await;
                 guard.finish(FlightState::Failed);
                 Err(e)
@@ -271,8 +274,10 @@ impl Cache {
     }
 
     /// XFetch's winner reloads the value while everyone else keeps reading the current one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn refresh_early<V, K, Kd, F, Fut, E>(
         &self,
+        op: &Op<'_>,
         strategy: &Strategy<V, K, Kd>,
         entry: &Entry,
         current_payload: Payload,
@@ -295,8 +300,8 @@ impl Cache {
             set: &inner.refreshing,
             key: entry,
         };
-        bump(&inner.counters.early_refreshes);
-        let Ok(value) = inner.load_uncached(loader).await else {
+        op.bump(Event::EarlyRefresh);
+        let Ok(value) = op.load(loader).await else {
             // The current value is still valid until it expires: serve it.
             return Ok(current);
         };
@@ -311,8 +316,8 @@ impl Cache {
             .await
         {
             Ok(true) => {}
-            Ok(false) => bump(&inner.counters.stale_fills_rejected),
-            Err(e) => inner.fault(&e),
+            Ok(false) => op.bump(Event::StaleFillRejected),
+            Err(e) => op.fault(&e),
         }
         Ok(value)
     }

@@ -3,13 +3,17 @@
 use std::collections::HashMap;
 use std::future::Future;
 
+use tracing::field::Empty;
+use tracing::Instrument;
+
 use super::Cache;
 use crate::backend::{Acquire, Entry, Loc, Lookup, Token};
 use crate::budget::Started;
 use crate::error::{BatchError, Error};
 use crate::key::CacheKey;
 use crate::kind::{Batch, Kind};
-use crate::stats::bump;
+use crate::observe::{self, Op};
+use crate::stats::Event;
 use crate::strategy::Strategy;
 use crate::value::{CacheValue, Payload};
 use crate::written::Invalidation;
@@ -105,6 +109,38 @@ impl Cache {
         F: FnOnce(Vec<K>) -> Fut,
         Fut: Future<Output = Result<Vec<V>, E>>,
     {
+        let op = self.inner.op(strategy.strategy_name());
+        let span = tracing::debug_span!(
+            "cacheobj.fetch_many",
+            strategy = strategy.strategy_name(),
+            keys = keys.len(),
+            outcome = Empty,
+            load_us = Empty,
+            elapsed_us = Empty,
+        );
+        let started = observe::clock(&span);
+        let result = self
+            .fetch_many_in(&op, strategy, keys, loader)
+            .instrument(span.clone())
+            .await;
+        observe::finish(&span, started, op.outcome());
+        result
+    }
+
+    async fn fetch_many_in<V, K, Kd, F, Fut, E>(
+        &self,
+        op: &Op<'_>,
+        strategy: &Strategy<V, K, Kd>,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<V>, BatchError<E>>
+    where
+        K: CacheKey + Clone,
+        Kd: Batch,
+        V: CacheValue<Kd>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<Vec<V>, E>>,
+    {
         let loader = |keys: Vec<K>| {
             let expected = keys.len();
             let loaded = loader(keys);
@@ -131,8 +167,8 @@ impl Cache {
         {
             Ok(wanted) => wanted,
             Err(e) => {
-                inner.fault(&Error::Key(e));
-                return inner.load_uncached(|| loader(keys.to_vec())).await;
+                op.fault(&Error::Key(e));
+                return op.load(|| loader(keys.to_vec())).await;
             }
         };
         if !inner.pending.is_empty() {
@@ -140,8 +176,8 @@ impl Cache {
                 if let Err(e) = self.settled(&w.entry).await {
                     // An invalidation among these keys has not landed: none of them is read
                     // from Redis (nor filled) this time.
-                    inner.fault(&e);
-                    return inner.load_uncached(|| loader(keys.to_vec())).await;
+                    op.fault(&e);
+                    return op.load(|| loader(keys.to_vec())).await;
                 }
             }
         }
@@ -166,7 +202,7 @@ impl Cache {
                 let mut hits = 0;
                 for (w, lookup) in wanted.iter_mut().zip(lookups) {
                     match lookup {
-                        Lookup::Hit(payload) => match inner.decode(&w.entry, &payload, codec) {
+                        Lookup::Hit(payload) => match inner.decode(op, &w.entry, &payload, codec) {
                             Some(v) => {
                                 hits += 1;
                                 w.value = Some(v);
@@ -174,19 +210,16 @@ impl Cache {
                             None => w.missing = missing(true),
                         },
                         Lookup::Garbage => {
-                            inner.undecodable(&w.entry.key, &Error::Unavailable);
+                            op.undecodable(&w.entry.key, &Error::Unavailable);
                             w.missing = missing(true);
                         }
                         Lookup::Miss | Lookup::Leased(_) => w.missing = missing(false),
                     }
                 }
-                inner
-                    .counters
-                    .hits
-                    .fetch_add(hits, std::sync::atomic::Ordering::Relaxed);
+                op.add(Event::Hit, hits);
             }
             Err(e) => {
-                inner.fault(&e);
+                op.fault(&e);
                 redis_ok = false;
                 for w in &mut wanted {
                     w.missing = missing(false);
@@ -244,37 +277,36 @@ impl Cache {
                         }
                     }
                     Ok(Acquire::Hit(payload)) => {
-                        if let Some(v) = inner.decode(&w.entry, &payload, codec) {
-                            bump(&inner.counters.hits);
+                        if let Some(v) = inner.decode(op, &w.entry, &payload, codec) {
+                            op.bump(Event::Hit);
                             w.value = Some(v);
                             w.payload = Some(payload);
                             w.missing = None;
                             n_missing -= 1;
                         }
                     }
-                    Ok(Acquire::Leased) => bump(&inner.counters.lease_waits),
-                    Err(e) => self.fault_and_release(&e, &w.entry, token, strategy.lease_time()),
+                    Ok(Acquire::Leased) => op.bump(Event::LeaseWait),
+                    Err(e) => {
+                        self.fault_and_release(op, &e, &w.entry, token, strategy.lease_time())
+                    }
                 }
             }
         }
         if n_missing > 0 {
-            for _ in 0..n_missing {
-                bump(&inner.counters.misses);
-            }
-            bump(&inner.counters.loads);
+            op.add(Event::Miss, n_missing as u64);
             let keys_missing: Vec<K> = wanted
                 .iter()
                 .zip(keys)
                 .filter(|(w, _)| w.missing.is_some())
                 .map(|(_, k)| k.clone())
                 .collect();
-            let loaded = loader(keys_missing).await;
+            let loaded = op.load(|| loader(keys_missing)).await;
             let loaded = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     let releases = wanted
                         .iter()
-                        .filter_map(|w| w.lease().map(|t| self.release(&w.entry, Some(t))));
+                        .filter_map(|w| w.lease().map(|t| self.release(op, &w.entry, Some(t))));
                     futures_util::future::join_all(releases).await;
                     return Err(e);
                 }
@@ -290,7 +322,7 @@ impl Cache {
                         }
                         w.payload = Some(payload);
                     }
-                    Err(e) => inner.fault(&Error::Encode(e)),
+                    Err(e) => op.fault(&Error::Encode(e)),
                 }
                 w.missing = None;
                 w.value = Some(value);
@@ -314,10 +346,14 @@ impl Cache {
             for ((i, token, _), result) in fills.into_iter().zip(results) {
                 match result {
                     Ok(true) => {}
-                    Ok(false) => bump(&inner.counters.stale_fills_rejected),
-                    Err(e) => {
-                        self.fault_and_release(&e, &wanted[i].entry, token, strategy.lease_time())
-                    }
+                    Ok(false) => op.bump(Event::StaleFillRejected),
+                    Err(e) => self.fault_and_release(
+                        op,
+                        &e,
+                        &wanted[i].entry,
+                        token,
+                        strategy.lease_time(),
+                    ),
                 }
             }
         }
@@ -424,6 +460,25 @@ impl Cache {
     /// # }
     /// ```
     pub async fn invalidate_many<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        keys: &[K],
+    ) -> Result<(), Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
+        let span = observe::mutation_span("invalidate_many", strategy.strategy_name());
+        let started = observe::clock(&span);
+        let result = self
+            .invalidate_many_in(strategy, keys)
+            .instrument(span.clone())
+            .await;
+        observe::finish(&span, started, observe::result_outcome(&result));
+        result
+    }
+
+    async fn invalidate_many_in<V, K, Kd>(
         &self,
         strategy: &Strategy<V, K, Kd>,
         keys: &[K],

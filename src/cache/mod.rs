@@ -28,8 +28,9 @@ use crate::error::{Error, KeyError};
 use crate::flight::{FlightKey, Flights};
 use crate::key::CacheKey;
 use crate::kind::{Kind, Shape};
+use crate::observe::{ByStrategy, Op};
 use crate::pending::Pending;
-use crate::stats::{bump, Counters, Stats};
+use crate::stats::{Counters, Stats};
 use crate::strategy::Strategy;
 use crate::value::{CacheValue, Payload};
 
@@ -78,6 +79,8 @@ struct Inner {
     prefix: Vec<u8>,
     max_key_len: usize,
     counters: Counters,
+    /// The same counters for each strategy name.
+    by_strategy: ByStrategy,
     flights: Flights,
     refreshing: Mutex<HashSet<FlightKey>>,
     /// Entries whose lease this process may have left behind (a lease or fill request that
@@ -123,24 +126,16 @@ pub struct EntryKey {
 }
 
 impl Inner {
-    fn fault(&self, error: &Error) {
-        bump(&self.counters.errors);
-        if error.is_unavailable() {
-            tracing::debug!(%error, "cacheobj: cache unavailable; the loader runs instead");
-        } else {
-            tracing::warn!(error = %error, source = ?std::error::Error::source(error), "cacheobj: cache operation failed; the loader runs instead");
-        }
-    }
-
-    fn undecodable(&self, key: &[u8], error: &dyn std::error::Error) {
-        bump(&self.counters.undecodable);
-        tracing::warn!(key = %String::from_utf8_lossy(key), %error, "cacheobj: cached value does not decode; treating it as a miss");
+    /// Counts one fetch's events in the totals and under the strategy's name.
+    fn op(&self, strategy: &'static str) -> Op<'_> {
+        Op::new(&self.counters, &self.by_strategy, strategy)
     }
 
     /// Decodes a value read from the cache. One that does not decode is counted and logged,
     /// and `None` tells the caller to load it again and replace it.
     fn decode<V: CacheValue<Kd>, Kd: Kind>(
         &self,
+        op: &Op<'_>,
         entry: &Entry,
         payload: &Payload,
         codec: Codec,
@@ -148,16 +143,10 @@ impl Inner {
         match V::decode(payload, codec) {
             Ok(value) => Some(value),
             Err(e) => {
-                self.undecodable(&entry.key, &e);
+                op.undecodable(&entry.key, &e);
                 None
             }
         }
-    }
-
-    /// Runs the loader without the cache, counting the load.
-    fn load_uncached<T>(&self, loader: impl FnOnce() -> T) -> T {
-        bump(&self.counters.loads);
-        loader()
     }
 }
 
@@ -169,6 +158,7 @@ impl Cache {
                 prefix: config.prefix.as_bytes().to_vec(),
                 max_key_len: config.max_key_len,
                 counters: Counters::default(),
+                by_strategy: ByStrategy::default(),
                 flights: Flights::default(),
                 refreshing: Mutex::new(HashSet::new()),
                 orphans: Arc::new(Mutex::new(HashMap::new())),
@@ -178,7 +168,8 @@ impl Cache {
         }
     }
 
-    /// The counters of this cache and its clones.
+    /// The counters of this cache and its clones, all strategies together. See
+    /// [`strategy_stats`](Self::strategy_stats) for one strategy's.
     ///
     /// # Examples
     ///
@@ -196,6 +187,64 @@ impl Cache {
         stats.invalidations_retried = get(&pending.retried);
         stats.invalidations_dropped = get(&pending.dropped);
         stats
+    }
+
+    /// The counters of one strategy's fetches, on this cache and its clones: those of every
+    /// strategy with the same [`name`](Strategy::name) (by default, its template). The
+    /// invalidation queue's counters are process-wide and stay 0 here; `errors` counts only
+    /// fetches that failed open, as in [`stats`](Self::stats).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>").name("item");
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// for _ in 0..3 {
+    ///     cache.fetch(&ITEM, &ItemKey { item_id: 1 }, || async { Ok::<_, std::io::Error>("lamp".to_string()) }).await?;
+    /// }
+    /// let item = cache.strategy_stats(&ITEM);
+    /// assert_eq!((item.misses, item.loads, item.hits), (1, 1, 2));
+    /// assert_eq!(cache.stats().hits, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn strategy_stats<V, K, Kd>(&self, strategy: &Strategy<V, K, Kd>) -> Stats {
+        self.inner
+            .by_strategy
+            .get(strategy.strategy_name())
+            .unwrap_or_default()
+    }
+
+    /// The counters of every strategy fetched so far, by [`name`](Strategy::name), sorted by
+    /// name: for a status page, or to export to a metrics system without the `metrics`
+    /// feature. As many entries as strategy names, never more.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cacheobj::{Cache, CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>").name("item");
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let cache = Cache::in_memory();
+    /// cache.fetch(&ITEM, &ItemKey { item_id: 1 }, || async { Ok::<_, std::io::Error>("lamp".to_string()) }).await?;
+    /// let all = cache.stats_by_strategy();
+    /// assert_eq!(all.len(), 1);
+    /// assert_eq!((all[0].0, all[0].1.misses), ("item", 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn stats_by_strategy(&self) -> Vec<(&'static str, Stats)> {
+        self.inner.by_strategy.all()
     }
 
     /// Checks that Redis answers.

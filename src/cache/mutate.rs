@@ -3,28 +3,42 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use super::Cache;
 use crate::backend::{Entry, Lookup};
 use crate::error::Error;
 use crate::key::CacheKey;
 use crate::kind::{Hash, Kind};
+use crate::observe;
 use crate::pending::Queued;
 use crate::strategy::Strategy;
 use crate::written::{Invalidation, Written};
 
 impl Cache {
-    /// Runs a mutation, then detaches in-process loads of the key that may predate it.
+    /// Runs a mutation (`what`, of `strategy`'s entry) in its span, then detaches in-process
+    /// loads of the key that may predate it.
     pub(super) async fn mutate<T>(
         &self,
+        what: &'static str,
+        strategy: &'static str,
         entry: &Entry,
         op: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
-        self.inner.flights.forget(entry);
-        // A queued invalidation of this entry lands first: a counter or list mutation must
-        // not change what it removes.
-        self.settled(entry).await?;
-        let result = op.await;
-        self.inner.flights.forget(entry);
+        let span = observe::mutation_span(what, strategy);
+        let started = observe::clock(&span);
+        let result = async {
+            self.inner.flights.forget(entry);
+            // A queued invalidation of this entry lands first: a counter or list mutation
+            // must not change what it removes.
+            self.settled(entry).await?;
+            let result = op.await;
+            self.inner.flights.forget(entry);
+            result
+        }
+        .instrument(span.clone())
+        .await;
+        observe::finish(&span, started, observe::result_outcome(&result));
         result
     }
 
@@ -60,9 +74,20 @@ impl Cache {
     }
 
     /// Invalidates one entry; a failure is queued when `queue` says so.
-    async fn invalidate_entry(&self, entry: &Entry, queue: bool) -> Invalidation {
+    async fn invalidate_entry(
+        &self,
+        what: &'static str,
+        strategy: &'static str,
+        entry: &Entry,
+        queue: bool,
+    ) -> Invalidation {
         match self
-            .mutate(entry, self.inner.backend.invalidate(entry.loc()))
+            .mutate(
+                what,
+                strategy,
+                entry,
+                self.inner.backend.invalidate(entry.loc()),
+            )
             .await
         {
             Ok(()) => Invalidation::Done,
@@ -101,8 +126,26 @@ impl Cache {
         K: CacheKey,
         Kd: Kind,
     {
+        self.invalidate_as("invalidate", strategy, key).await
+    }
+
+    /// [`invalidate`](Self::invalidate), in a span that says which method ran.
+    async fn invalidate_as<V, K, Kd>(
+        &self,
+        what: &'static str,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+    ) -> Result<(), Error>
+    where
+        K: CacheKey,
+        Kd: Kind,
+    {
         let entry = self.render(strategy, key)?;
-        match self.invalidate_entry(&entry, self.inner.queue_failed).await {
+        let queue = self.inner.queue_failed;
+        match self
+            .invalidate_entry(what, strategy.strategy_name(), &entry, queue)
+            .await
+        {
             Invalidation::Done => Ok(()),
             Invalidation::Queued(e) => Err(Error::InvalidationQueued(Box::new(e))),
             Invalidation::NotRetried(e) => Err(e),
@@ -115,8 +158,8 @@ impl Cache {
     /// A write that succeeded is never reported as failed: the result is [`Written`], with
     /// the write's value and what became of the invalidation. One that failed because Redis is
     /// down or slow is queued and retried in the background until it lands (bounded by
-    /// [`CacheConfig::invalidation_queue`]; [`Stats::invalidations_queued`],
-    /// [`Stats::invalidations_retried`] and [`Stats::invalidations_dropped`] count it), and
+    /// [`CacheConfig::invalidation_queue`](crate::CacheConfig::invalidation_queue); [`Stats::invalidations_queued`](crate::Stats::invalidations_queued),
+    /// [`Stats::invalidations_retried`](crate::Stats::invalidations_retried) and [`Stats::invalidations_dropped`](crate::Stats::invalidations_dropped) count it), and
     /// this process does not read the entry from Redis until it has: its fetches load
     /// instead. Other processes may read the old entry until the retry lands.
     ///
@@ -157,7 +200,10 @@ impl Cache {
     {
         let value = write().await?;
         let invalidation = match self.render(strategy, key) {
-            Ok(entry) => self.invalidate_entry(&entry, true).await,
+            Ok(entry) => {
+                self.invalidate_entry("invalidate_after", strategy.strategy_name(), &entry, true)
+                    .await
+            }
             // Nothing can be cached under a key that does not render.
             Err(e) => Invalidation::NotRetried(Error::Key(e)),
         };
@@ -187,7 +233,7 @@ impl Cache {
         strategy: &Strategy<V, K, Hash>,
         key: &K,
     ) -> Result<(), Error> {
-        self.invalidate(strategy, key).await
+        self.invalidate_as("hash_del", strategy, key).await
     }
 
     /// Whether a value is cached (a fill in progress does not count).
