@@ -24,23 +24,29 @@ pub struct ItemKey {
 /// requests for ids that do not exist do not all reach the database.
 pub const ITEM: Strategy<Option<Item>, ItemKey> =
     Strategy::<Option<Item>, ItemKey>::obj("item:<item_id>")
+        .name("item")
         .expire(3600)
         .negative_expire(30)
         .jitter(10);
 
 /// The same rows as fields of one Redis hash (`GET /items/{id}/hash`).
 pub const ITEM_HASH: Strategy<Option<Item>, ItemKey, Hash> = Strategy::hash("items", "<item_id>")
+    .name("item_hash")
     .expire(3600)
     .negative_expire(30);
 
 /// An item's view count, incremented in place while cached.
-pub const ITEM_VIEWS: Strategy<i64, ItemKey, Counter> =
-    Strategy::counter("item:views:<item_id>").expire(600);
+pub const ITEM_VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("item:views:<item_id>")
+    .name("item_views")
+    .expire(600);
 
 /// The ids of an item's members, in the order they were added.
 pub const ITEM_MEMBERS: Strategy<Vec<u64>, ItemKey, List> =
-    Strategy::list("item:members:<item_id>").expire(600);
+    Strategy::list("item:members:<item_id>")
+        .name("item_members")
+        .expire(600);
 
 /// An item's tags.
-pub const ITEM_TAGS: Strategy<Vec<String>, ItemKey, Set> =
-    Strategy::set("item:tags:<item_id>").expire(600);
+pub const ITEM_TAGS: Strategy<Vec<String>, ItemKey, Set> = Strategy::set("item:tags:<item_id>")
+    .name("item_tags")
+    .expire(600);

@@ -55,9 +55,11 @@ async fn cold_get_is_one_query_and_warm_gets_none() {
         2.0,
         "{m:?}"
     );
-    assert_eq!(metric(&m, "cacheobj_hits_total"), 24.0, "{m:?}");
-    assert_eq!(metric(&m, "cacheobj_misses_total"), 2.0, "{m:?}");
-    assert_eq!(metric(&m, "cacheobj_loads_total"), 2.0, "{m:?}");
+    // Per strategy, as the library reports it.
+    let item = |name: &str| metric(&m, &format!("cacheobj_{name}_total{{strategy=\"item\"}}"));
+    assert_eq!(item("hits"), 24.0, "{m:?}");
+    assert_eq!(item("misses"), 2.0, "{m:?}");
+    assert_eq!(item("loads"), 2.0, "{m:?}");
     assert_eq!(
         metric(
             &m,
@@ -313,8 +315,8 @@ async fn five_hundred_concurrent_gets_across_four_processes_are_one_query() {
     for s in &services {
         let m = s.metrics().await;
         queries += metric(&m, "service_db_queries_total{query=\"item\"}");
-        loads += metric(&m, "cacheobj_loads_total");
-        hits += metric(&m, "cacheobj_hits_total");
+        loads += metric(&m, "cacheobj_loads_total{strategy=\"item\"}");
+        hits += metric(&m, "cacheobj_hits_total{strategy=\"item\"}");
     }
     assert_eq!((queries, loads), (1.0, 1.0));
     assert!(hits > 0.0, "no hits among 500 GETs");
@@ -350,7 +352,11 @@ async fn redis_down_serves_from_the_database_and_caching_resumes() {
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["redis"], "down", "{health}");
     assert_eq!(health["status"], "degraded", "{health}");
-    assert!(metric(&svc.metrics().await, "cacheobj_errors_total") > 0.0);
+    let m = svc.metrics().await;
+    assert!(
+        metric(&m, "cacheobj_errors_total{strategy=\"item\"}") > 0.0,
+        "{m:?}"
+    );
 
     redis.restart().await;
     // Caching resumes in the same process: soon two GETs in a row cost one query at most,
