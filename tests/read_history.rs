@@ -352,12 +352,36 @@ const WORKER_COUNT: &str = "CACHEOBJ_HISTORY_PROCESSES";
 const WORKER_OUT: &str = "CACHEOBJ_HISTORY_OUT";
 const PROCESSES: u64 = 4;
 
-async fn raw_get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<i64> {
-    redis::cmd("GET")
+/// Pops one element of the list `key`, waiting for it to be pushed (BLPOP, woken by the push;
+/// each call blocks 100 ms at most, under the connection's response timeout) until `limit`.
+async fn pop(key: &str, limit: Duration, what: &str) {
+    let mut conn = support::raw_conn().await;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let got: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(key)
+            .arg(0.1)
+            .query_async(&mut conn)
+            .await
+            .expect("BLPOP");
+        if got.is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {limit:?}"
+        );
+    }
+}
+
+async fn push(key: &str, n: u64) {
+    let mut conn = support::raw_conn().await;
+    let _: i64 = redis::cmd("RPUSH")
         .arg(key)
-        .query_async(conn)
+        .arg(vec![1; n as usize])
+        .query_async(&mut conn)
         .await
-        .expect("GET")
+        .expect("RPUSH");
 }
 
 /// One process's share of a multi-process run: two `Cache`s, 12 tasks, 3,000 operations,
@@ -382,22 +406,13 @@ async fn history_worker() {
     let shared = Shared::redis(&support::redis_url(), &prefix).await;
     if spawned.is_some() {
         // Start together: say we are ready, then wait for the parent's go.
-        let mut conn = support::raw_conn().await;
-        let _: i64 = redis::cmd("INCR")
-            .arg(format!("{prefix}ready"))
-            .query_async(&mut conn)
-            .await
-            .expect("INCR ready");
-        let go = format!("{prefix}go");
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while raw_get(&mut conn, &go).await.is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the parent never said go"
-            );
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        push(&format!("{prefix}ready"), 1).await;
+        pop(
+            &format!("{prefix}go"),
+            Duration::from_secs(60),
+            "the parent says go",
+        )
+        .await;
     }
     let w_ops = 3_000;
     let w = Arc::new(Workload {
@@ -462,22 +477,15 @@ async fn four_processes(backend: &str, shape: Shape) {
                 .expect("spawn a worker process")
         })
         .collect();
-    let mut conn = support::raw_conn().await;
-    let ready = format!("{prefix}ready");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while raw_get(&mut conn, &ready).await.unwrap_or(0) < PROCESSES as i64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the workers did not get ready within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..PROCESSES {
+        pop(
+            &format!("{prefix}ready"),
+            Duration::from_secs(120),
+            "every worker gets ready",
+        )
+        .await;
     }
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}go"))
-        .arg(1)
-        .query_async(&mut conn)
-        .await
-        .expect("SET go");
+    push(&format!("{prefix}go"), PROCESSES).await;
     for mut child in children {
         let status = child.wait().expect("worker exit");
         assert!(status.success(), "a worker process failed: {status}");
