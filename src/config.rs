@@ -90,6 +90,13 @@ pub struct CacheConfig {
     /// [`Error::InvalidationQueued`](crate::Error::InvalidationQueued). Default: `false`.
     #[builder(default = false)]
     pub queue_failed_invalidations: bool,
+    /// How often the local tier checks that its tracking connections still answer (a `PING`
+    /// each, bounded by `response_timeout`; on a cluster also `CLUSTER SLOTS`, to see new
+    /// nodes). A connection that does not answer drops every local copy, so this bounds how
+    /// long a silently cut connection can leave local copies unchecked. Only used by strategies
+    /// with [`Strategy::local`](crate::Strategy::local). Default: 500 milliseconds.
+    #[builder(default = Duration::from_millis(500))]
+    pub local_heartbeat: Duration,
 }
 
 impl Default for CacheConfig {
@@ -235,6 +242,7 @@ impl CacheConfig {
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
             ("retry_interval", self.retry_interval),
+            ("local_heartbeat", self.local_heartbeat),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -286,6 +294,7 @@ impl fmt::Debug for CacheConfig {
             .field("response_timeout", &self.response_timeout)
             .field("retry_interval", &self.retry_interval)
             .field("max_key_len", &self.max_key_len)
+            .field("local_heartbeat", &self.local_heartbeat)
             .finish()
     }
 }

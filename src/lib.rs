@@ -31,6 +31,7 @@ mod error;
 mod flight;
 mod key;
 mod kind;
+mod local;
 mod lock;
 mod nesting_limit;
 mod observe;
@@ -49,7 +50,7 @@ pub use error::{BatchError, CodecError, ConfigError, Error, KeyError};
 pub use key::CacheKey;
 pub use kind::{Batch, Counter, Hash, Kind, List, Obj, Set};
 pub use stats::Stats;
-pub use strategy::{CounterValue, NegativeValue, Strategy, DEFAULT_LEASE};
+pub use strategy::{CounterValue, NegativeValue, Strategy, DEFAULT_LEASE, DEFAULT_LOCAL_TTL};
 pub use value::{CacheValue, Collection};
 pub use written::{Invalidation, Written};
 

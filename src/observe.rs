@@ -119,9 +119,12 @@ impl Outcome {
             Event::VoidedJoin => Outcome::VoidedJoin,
             Event::StaleFillRejected => Outcome::StaleFillRejected,
             Event::Error => Outcome::FailOpen,
-            Event::Load | Event::Undecodable | Event::LeaseTimeout | Event::EarlyRefresh => {
-                Outcome::None
-            }
+            Event::LocalHit => Outcome::Hit,
+            Event::Load
+            | Event::Undecodable
+            | Event::LeaseTimeout
+            | Event::EarlyRefresh
+            | Event::LocalMiss => Outcome::None,
         }
     }
 
@@ -302,6 +305,8 @@ mod metrics_out {
             Event::StaleFillRejected => "cacheobj_stale_fills_rejected_total",
             Event::EarlyRefresh => "cacheobj_early_refreshes_total",
             Event::VoidedJoin => "cacheobj_voided_joins_total",
+            Event::LocalHit => "cacheobj_local_hits_total",
+            Event::LocalMiss => "cacheobj_local_misses_total",
         };
         metrics::counter!(name, "strategy" => strategy).increment(n);
     }

@@ -59,6 +59,22 @@ pub struct Stats {
     /// Failed invalidations that were not queued because the queue was full: their entries may
     /// be served until their TTL.
     pub invalidations_dropped: u64,
+    /// Fetches answered from the local tier ([`Strategy::local`](crate::Strategy::local)),
+    /// without a round trip; they count in `hits` too.
+    pub local_hits: u64,
+    /// Fetches of a strategy with a local tier that the tier did not answer (not held, or
+    /// not live): they went to Redis.
+    pub local_misses: u64,
+    /// Invalidations Redis announced to the local tier: one per key, and one per flush of
+    /// the whole database (process-wide, as the next two).
+    pub local_invalidations: u64,
+    /// Times the local tier dropped every copy: a tracking connection was lost or did not
+    /// answer, a strategy's prefix was added, or Redis was flushed.
+    pub local_flushes: u64,
+    /// The local tier is off: the server cannot track keys for it (no RESP3, `CLIENT
+    /// TRACKING` refused) or the cache was built on a connection. Reads go to Redis, as
+    /// without `local`; a warning says why, once.
+    pub local_fallback: bool,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +91,8 @@ pub(crate) struct Counters {
     pub(crate) stale_fills_rejected: AtomicU64,
     pub(crate) early_refreshes: AtomicU64,
     pub(crate) voided_joins: AtomicU64,
+    pub(crate) local_hits: AtomicU64,
+    pub(crate) local_misses: AtomicU64,
 }
 
 /// What a fetch counts: one of [`Counters`]' fields.
@@ -91,6 +109,8 @@ pub(crate) enum Event {
     StaleFillRejected,
     EarlyRefresh,
     VoidedJoin,
+    LocalHit,
+    LocalMiss,
 }
 
 impl Counters {
@@ -107,6 +127,8 @@ impl Counters {
             Event::StaleFillRejected => &self.stale_fills_rejected,
             Event::EarlyRefresh => &self.early_refreshes,
             Event::VoidedJoin => &self.voided_joins,
+            Event::LocalHit => &self.local_hits,
+            Event::LocalMiss => &self.local_misses,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -134,6 +156,12 @@ impl Counters {
             invalidations_queued: 0,
             invalidations_retried: 0,
             invalidations_dropped: 0,
+            local_hits: get(&self.local_hits),
+            local_misses: get(&self.local_misses),
+            // Kept by the local tier; `Cache::stats` fills them in.
+            local_invalidations: 0,
+            local_flushes: 0,
+            local_fallback: false,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::codec::Codec;
 use crate::error::KeyError;
 use crate::key::{render, CacheKey};
 use crate::kind::{Counter, Hash, Kind, List, Obj, Set};
+use crate::local::LocalSpec;
 use crate::template::Template;
 use crate::value::Collection;
 
@@ -34,6 +35,17 @@ const fn clamp_ms(ms: u64) -> u64 {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
+/// How long a local copy may live unless a strategy sets [`Strategy::local_ttl`]: 60 seconds.
+/// A copy never outlives what was left of the Redis entry's TTL when it was read, either.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(cacheobj::DEFAULT_LOCAL_TTL, std::time::Duration::from_secs(60));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(60);
 
 /// The values a [`Counter`] strategy holds: integers, which Redis stores as decimal text and
 /// `INCRBY` changes in place. Implemented for the primitive integers; implement it for a
@@ -146,6 +158,9 @@ pub struct Strategy<V, K, Kd = Obj> {
     lease_ms: u64,
     jitter_percent: u8,
     early_refresh_ms: u64,
+    local: Option<LocalSpec<V>>,
+    local_ttl_ms: u64,
+    local_weigher: Option<fn(&V) -> u32>,
     _types: Types<V, K, Kd>,
 }
 
@@ -167,6 +182,9 @@ impl<V, K: CacheKey, Kd: Kind> Strategy<V, K, Kd> {
             lease_ms: DEFAULT_LEASE.as_millis() as u64,
             jitter_percent: 0,
             early_refresh_ms: 0,
+            local: None,
+            local_ttl_ms: DEFAULT_LOCAL_TTL.as_millis() as u64,
+            local_weigher: None,
             _types: PhantomData,
         }
     }
@@ -307,6 +325,148 @@ impl<V, K> Strategy<V, K, Hash> {
             Template::parse(field, K::FIELDS),
             Some(Template::parse(hash_key, K::FIELDS)),
         )
+    }
+}
+
+macro_rules! local_kinds {
+    ($($kind:ident),*) => {$(
+        impl<V: Clone + Send + Sync + 'static, K> Strategy<V, K, $kind> {
+            /// Keeps up to `max_entries` decoded values of this strategy in process memory
+            /// (the *local tier*), so that a hit costs no round trip and no decoding: only the
+            /// clone of the value returned. Redis keeps every process's copies coherent: any
+            /// write to a key (by any client, an expiry, an eviction, `FLUSHDB`) removes them,
+            /// and this process's own `invalidate`, `invalidate_after` and counter changes
+            /// remove its copy before they return. See the README's "Local tier" for what
+            /// holds and when reads go to Redis instead.
+            ///
+            /// A copy lives at most [`local_ttl`](Self::local_ttl) (default
+            /// [`DEFAULT_LOCAL_TTL`]) and never longer than the Redis entry's TTL had left.
+            /// `max_entries` bounds the entries (or, with
+            /// [`local_weigher`](Self::local_weigher), their total weight); moka evicts the
+            /// least useful. For a value that is costly to clone, cache an `Arc<T>`: a local
+            /// hit then costs one reference count.
+            ///
+            /// Only [`Obj`] and [`Counter`] strategies have a local tier. On the embedded
+            /// backend it is not used: that store is already in process.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// # use cacheobj::{CacheKey, Strategy};
+            /// # use std::time::Duration;
+            /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+            /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>")
+            ///     .expire(86400)
+            ///     .local(10_000)
+            ///     .local_ttl(Duration::from_secs(30));
+            /// assert_eq!(ITEM.local_capacity(), Some(10_000));
+            /// assert_eq!(ITEM.local_ttl_time(), Duration::from_secs(30));
+            /// # Ok::<(), Box<dyn std::error::Error>>(())
+            /// ```
+            #[must_use]
+            pub const fn local(mut self, max_entries: u64) -> Self {
+                self.local = Some(LocalSpec::new(max_entries));
+                self
+            }
+        }
+    )*};
+}
+
+local_kinds!(Obj, Counter);
+
+impl<V, K, Kd> Strategy<V, K, Kd> {
+    /// The longest a local copy may live (see [`local`](Self::local)); it never outlives the
+    /// Redis entry either. Default: [`DEFAULT_LOCAL_TTL`]. A shorter one bounds how long a copy
+    /// could be served if Redis's announcement of a change never arrived while the connection
+    /// that should carry it still answered (which the heartbeat does not see).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> =
+    ///     Strategy::obj("item:<item_id>").local(1_000).local_ttl(Duration::from_secs(5));
+    /// assert_eq!(ITEM.local_ttl_time(), Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub const fn local_ttl(mut self, ttl: Duration) -> Self {
+        let ms = ttl.as_millis();
+        self.local_ttl_ms = if ms > MAX_MS as u128 {
+            MAX_MS
+        } else {
+            ms as u64
+        };
+        self
+    }
+
+    /// Bounds the local tier by weight rather than entries: [`local`](Self::local)'s bound is
+    /// then the total of `weigh(value)` over the values held (for example their size in
+    /// bytes).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// // At most about 64 MiB of names.
+    /// const NAME: Strategy<String, ItemKey> = Strategy::obj("name:<item_id>")
+    ///     .local(64 << 20)
+    ///     .local_weigher(|name: &String| name.len().min(u32::MAX as usize) as u32);
+    /// assert_eq!(NAME.local_capacity(), Some(64 << 20));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub const fn local_weigher(mut self, weigh: fn(&V) -> u32) -> Self {
+        self.local_weigher = Some(weigh);
+        self
+    }
+
+    /// The local tier's bound, when the strategy has one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>");
+    /// assert_eq!(ITEM.local_capacity(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const fn local_capacity(&self) -> Option<u64> {
+        match &self.local {
+            Some(spec) => Some(spec.capacity),
+            None => None,
+        }
+    }
+
+    /// The longest a local copy lives; see [`local_ttl`](Self::local_ttl).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use cacheobj::{CacheKey, Strategy};
+    /// # #[derive(serde::Serialize, CacheKey)] struct ItemKey { item_id: u64 }
+    /// const ITEM: Strategy<String, ItemKey> = Strategy::obj("item:<item_id>").local(10);
+    /// assert_eq!(ITEM.local_ttl_time(), cacheobj::DEFAULT_LOCAL_TTL);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub const fn local_ttl_time(&self) -> Duration {
+        Duration::from_millis(self.local_ttl_ms)
+    }
+
+    /// The local tier's spec, weigher included.
+    pub(crate) fn local_spec(&self) -> Option<LocalSpec<V>> {
+        let mut spec = self.local?;
+        spec.weigher = self.local_weigher;
+        Some(spec)
+    }
+
+    /// Where the local tier finds this strategy's store.
+    pub(crate) fn local_id(&self) -> (&'static str, u32) {
+        (self.key.source(), self.version)
     }
 }
 
@@ -819,6 +979,8 @@ impl<V, K, Kd> PartialEq for Strategy<V, K, Kd> {
             && self.lease_ms == other.lease_ms
             && self.jitter_percent == other.jitter_percent
             && self.early_refresh_ms == other.early_refresh_ms
+            && self.local_capacity() == other.local_capacity()
+            && self.local_ttl_ms == other.local_ttl_ms
     }
 }
 
@@ -847,6 +1009,9 @@ impl<V, K, Kd> fmt::Debug for Strategy<V, K, Kd> {
             .field("lease", &self.lease_time())
             .field("jitter_percent", &self.jitter_percent)
             .field("early_refresh", &self.early_refresh_time())
+            .field("local", &self.local_capacity())
+            .field("local_ttl", &self.local_ttl_time())
+            .field("local_weigher", &self.local_weigher.is_some())
             .finish()
     }
 }

@@ -7,6 +7,7 @@ use super::Cache;
 use crate::backend::{Backend, MemoryBackend, RedisBackend};
 use crate::config::CacheConfig;
 use crate::error::{ConfigError, Error};
+use crate::local::Source;
 
 /// rustls needs a process-wide crypto provider; install ring's unless the application has
 /// installed one.
@@ -60,6 +61,37 @@ fn cluster_certs(
     _pem: Vec<u8>,
 ) -> Result<redis::cluster::ClusterClientBuilder, Error> {
     Err(Error::Config(ConfigError::FeatureDisabled("tls")))
+}
+
+/// Where a cluster cache's local tier opens its tracking connections: the seed nodes, with
+/// the cluster client's credentials and CA.
+#[cfg(feature = "cluster")]
+fn cluster_tracking(config: &CacheConfig, ca_cert: Option<&[u8]>) -> Result<Source, Error> {
+    use redis::IntoConnectionInfo;
+    let mut seeds = Vec::with_capacity(config.nodes.len());
+    for node in &config.nodes {
+        let info = node
+            .as_str()
+            .into_connection_info()
+            .map_err(ConfigError::Url)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &config.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
+        let info = info.set_redis_settings(settings);
+        let info = match ca_cert {
+            None => info,
+            Some(pem) => tls_client(info, pem.to_vec())
+                .map_err(|e| config.bad_ca_cert(e))?
+                .get_connection_info()
+                .clone(),
+        };
+        seeds.push(info);
+    }
+    Ok(Source::Cluster(seeds))
 }
 
 impl Cache {
@@ -121,6 +153,7 @@ impl Cache {
         if let Some(password) = &config.password {
             builder = builder.password(password);
         }
+        let tracking = cluster_tracking(&config, ca_cert.as_deref())?;
         let has_ca = ca_cert.is_some();
         if let Some(pem) = ca_cert {
             builder = cluster_certs(builder, pem)?;
@@ -135,6 +168,7 @@ impl Cache {
         let cache = Cache::with_backend(
             Backend::Redis(RedisBackend::cluster(client, &config)),
             &config,
+            Some(tracking),
         );
         let warm = cache.clone();
         tokio::spawn(async move {
@@ -170,8 +204,9 @@ impl Cache {
     /// ```
     pub async fn from_client(client: redis::Client, config: CacheConfig) -> Result<Cache, Error> {
         config.check_limits()?;
+        let tracking = Source::Standalone(Box::new(client.get_connection_info().clone()));
         let backend = RedisBackend::from_client(client, &config)?;
-        let cache = Cache::with_backend(Backend::Redis(backend), &config);
+        let cache = Cache::with_backend(Backend::Redis(backend), &config, Some(tracking));
         // Connect in the background, so the first fetch does not wait for it.
         let warm = cache.clone();
         tokio::spawn(async move {
@@ -209,7 +244,14 @@ impl Cache {
     ) -> Result<Cache, Error> {
         config.check_limits()?;
         let backend = RedisBackend::from_connection(conn, &config);
-        Ok(Cache::with_backend(Backend::Redis(backend), &config))
+        let tracking = Source::Unavailable(
+            "a cache built from a connection has no client to open tracking connections with; use Cache::from_client",
+        );
+        Ok(Cache::with_backend(
+            Backend::Redis(backend),
+            &config,
+            Some(tracking),
+        ))
     }
 
     /// A cache on the embedded in-memory backend: the same API and semantics (TTLs, leases,
@@ -227,6 +269,7 @@ impl Cache {
         Cache::with_backend(
             Backend::Memory(MemoryBackend::new()),
             &CacheConfig::default(),
+            None,
         )
     }
 
@@ -248,6 +291,7 @@ impl Cache {
         Ok(Cache::with_backend(
             Backend::Memory(MemoryBackend::new()),
             &config,
+            None,
         ))
     }
 }

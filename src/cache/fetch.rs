@@ -101,6 +101,18 @@ impl Cache {
         };
         // The rendered key may hold personal data: TRACE only.
         tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
+        let local = match (&inner.local, strategy.local_spec()) {
+            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
+            _ => None,
+        };
+        if let Some((tier, spec, id)) = &local {
+            if let Some(value) = tier.get(*id, spec, &entry.key) {
+                op.bump(Event::Hit);
+                op.bump(Event::LocalHit);
+                return Ok(value);
+            }
+            op.bump(Event::LocalMiss);
+        }
         let loc = entry.loc();
         let codec = strategy.value_codec();
         let early = strategy.early_refresh_ms() > 0
@@ -115,7 +127,15 @@ impl Cache {
                 return op.load(loader).instrument(span.clone()).await;
             }
         }
-        let read = if early {
+        // Taken before the read goes out: an invalidation that arrives while it is on the
+        // wire keeps its value out of the local tier.
+        let ticket = local.as_ref().and_then(|(tier, spec, id)| {
+            let head = strategy.key_template().split('<').next().unwrap_or("");
+            let prefix = || [&inner.prefix[..], head.as_bytes()].concat();
+            tier.ticket(*id, spec, prefix, &entry.key)
+        });
+        // A local copy must not outlive the entry: local strategies read its TTL too.
+        let read = if early || local.is_some() {
             inner.backend.read_with_ttl(loc).await
         } else {
             inner.backend.read(loc).await.map(|l| (l, None))
@@ -127,6 +147,13 @@ impl Cache {
             Ok((Lookup::Hit(payload), ttl)) => match inner.decode(op, &entry, &payload, codec) {
                 Some(value) => {
                     op.bump(Event::Hit);
+                    if let (Some((tier, spec, id)), Some(ticket)) = (&local, ticket) {
+                        let mut keep_for = strategy.local_ttl_time();
+                        if let Some(left) = ttl {
+                            keep_for = keep_for.min(std::time::Duration::from_millis(left));
+                        }
+                        tier.keep(*id, spec, ticket, &entry.key, &value, keep_for);
+                    }
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
                         return self
                             .refresh_early(

@@ -505,6 +505,9 @@ impl Cache {
         }
         let result = self.inner.backend.invalidate_many(&locs).await;
         forget();
+        for entry in &entries {
+            self.forget_local(entry);
+        }
         match result {
             Err(e) if self.inner.queue_failed && e.is_unavailable() => {
                 // Each key's invalidation is retried; the batch reports the failure.

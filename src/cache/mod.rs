@@ -14,6 +14,7 @@ mod counter;
 mod fetch;
 mod lease;
 mod load;
+mod local;
 mod many;
 mod mutate;
 
@@ -28,6 +29,7 @@ use crate::error::{Error, KeyError};
 use crate::flight::{FlightKey, Flights};
 use crate::key::CacheKey;
 use crate::kind::{Kind, Shape};
+use crate::local::{LocalTier, Source, Timing};
 use crate::observe::{ByStrategy, Op};
 use crate::pending::Pending;
 use crate::stats::{Counters, Stats};
@@ -91,6 +93,8 @@ struct Inner {
     pending: Arc<Pending>,
     /// Whether `invalidate`, `invalidate_many` and `hash_del` queue their failures too.
     queue_failed: bool,
+    /// Decoded values of the strategies with a local tier; `None` on the embedded backend.
+    local: Option<LocalTier>,
 }
 
 impl fmt::Debug for Cache {
@@ -151,7 +155,15 @@ impl Inner {
 }
 
 impl Cache {
-    fn with_backend(backend: Backend, config: &CacheConfig) -> Cache {
+    /// A cache on `backend`; `tracking` says where a local tier receives invalidations from
+    /// (`None` on the embedded backend, which has no local tier).
+    fn with_backend(backend: Backend, config: &CacheConfig, tracking: Option<Source>) -> Cache {
+        let timing = Timing {
+            connect: config.connect_timeout,
+            response: config.response_timeout,
+            heartbeat: config.local_heartbeat,
+            retry: config.retry_interval,
+        };
         Cache {
             inner: Arc::new(Inner {
                 backend,
@@ -164,6 +176,7 @@ impl Cache {
                 orphans: Arc::new(Mutex::new(HashMap::new())),
                 pending: Pending::new(config.invalidation_queue),
                 queue_failed: config.queue_failed_invalidations,
+                local: tracking.map(|source| LocalTier::new(source, timing)),
             }),
         }
     }
@@ -186,6 +199,12 @@ impl Cache {
         stats.invalidations_queued = get(&pending.queued);
         stats.invalidations_retried = get(&pending.retried);
         stats.invalidations_dropped = get(&pending.dropped);
+        if let Some(local) = &self.inner.local {
+            let tier = local.stats();
+            stats.local_invalidations = tier.invalidations;
+            stats.local_flushes = tier.flushes;
+            stats.local_fallback = tier.fallback;
+        }
         stats
     }
 

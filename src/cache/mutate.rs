@@ -34,12 +34,22 @@ impl Cache {
             self.settled(entry).await?;
             let result = op.await;
             self.inner.flights.forget(entry);
+            // Whatever the result: a request that failed may still have landed.
+            self.forget_local(entry);
             result
         }
         .instrument(span.clone())
         .await;
         observe::finish(&span, started, observe::result_outcome(&result));
         result
+    }
+
+    /// Drops this process's local copy of the entry and voids reads of it in flight, so a
+    /// read that starts after a change returns never serves what it replaced.
+    pub(super) fn forget_local(&self, entry: &Entry) {
+        if let Some(local) = &self.inner.local {
+            local.forget(&entry.key);
+        }
     }
 
     /// Lands this entry's queued invalidation, if it has one, so the entry may be read.

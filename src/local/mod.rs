@@ -1,0 +1,294 @@
+//! The local tier: decoded values of [`Strategy::local`](crate::Strategy::local) strategies in
+//! process memory, kept coherent with Redis by Redis itself.
+//!
+//! - `store`: one strategy's moka cache, and the typed operations its spec carries;
+//! - `guard`: which reads may be kept (per-key epochs, flushes);
+//! - `tracking`: the connections that receive Redis's invalidations, and their losses.
+//!
+//! A value enters the tier only from a read of Redis that took a ticket while the tier was
+//! live and saw no invalidation of its key, nor a flush, before its reply was handled.
+//! Fills are not kept: this process's own fill is announced back to it (BCAST tells every
+//! tracking connection of every write), so the next read keeps the value instead.
+
+mod guard;
+mod store;
+mod tracking;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use redis::PushInfo;
+
+use self::guard::Guard;
+pub(crate) use self::guard::Ticket;
+use self::store::AnyStore;
+pub(crate) use self::store::LocalSpec;
+pub(crate) use self::tracking::{Source, Timing};
+use crate::lock::{lock, read, write};
+
+/// A strategy's store is found by its key template and version.
+type StoreId = (&'static str, u32);
+
+/// The local tier of one [`Cache`](crate::Cache) and its clones.
+#[derive(Debug)]
+pub(crate) struct LocalTier {
+    shared: Arc<TierShared>,
+    source: Source,
+    timing: Timing,
+    started: OnceLock<()>,
+}
+
+/// What the tier and its tracking connections share.
+pub(crate) struct TierShared {
+    guard: Guard,
+    stores: RwLock<HashMap<StoreId, Arc<dyn AnyStore>>>,
+    /// The key prefixes tracked: those of the local strategies used so far.
+    prefixes: Mutex<Vec<Vec<u8>>>,
+    /// Wakes the tracking task: a loss, or a new prefix.
+    wake: Arc<tokio::sync::Notify>,
+    /// The current session and whether it has lost a connection; see [`TierShared::go_live`].
+    session: Mutex<SessionState>,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+    fallback: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    id: u64,
+    lost: bool,
+}
+
+impl std::fmt::Debug for TierShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierShared")
+            .field("guard", &self.guard)
+            .field("stores", &read(&self.stores).len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tier's own counters, for [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TierStats {
+    pub(crate) invalidations: u64,
+    pub(crate) flushes: u64,
+    pub(crate) fallback: bool,
+}
+
+impl LocalTier {
+    pub(crate) fn new(source: Source, timing: Timing) -> LocalTier {
+        LocalTier {
+            shared: Arc::new(TierShared {
+                guard: Guard::new(),
+                stores: RwLock::new(HashMap::new()),
+                prefixes: Mutex::new(Vec::new()),
+                wake: Arc::new(tokio::sync::Notify::new()),
+                session: Mutex::new(SessionState::default()),
+                invalidations: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
+                fallback: AtomicBool::new(false),
+            }),
+            source,
+            timing,
+            started: OnceLock::new(),
+        }
+    }
+
+    /// The value of `key` if the tier holds it and is live.
+    pub(crate) fn get<V>(&self, id: StoreId, spec: &LocalSpec<V>, key: &[u8]) -> Option<V> {
+        if !self.shared.guard.is_live() {
+            return None;
+        }
+        let stores = read(&self.shared.stores);
+        spec.get(&**stores.get(&id)?, key)
+    }
+
+    /// A ticket for a read of `key` that may enter the tier; registers the strategy (and
+    /// starts tracking its prefix) on first use. `None` while the tier is not live.
+    pub(crate) fn ticket<V>(
+        &self,
+        id: StoreId,
+        spec: &LocalSpec<V>,
+        prefix: impl FnOnce() -> Vec<u8>,
+        key: &[u8],
+    ) -> Option<Ticket> {
+        if !read(&self.shared.stores).contains_key(&id) {
+            self.register(id, spec, &prefix());
+        }
+        self.shared.guard.ticket(key)
+    }
+
+    /// Keeps `value` for `ttl` if nothing invalidated `key` since `ticket` was taken.
+    pub(crate) fn keep<V>(
+        &self,
+        id: StoreId,
+        spec: &LocalSpec<V>,
+        ticket: Ticket,
+        key: &[u8],
+        value: &V,
+        ttl: Duration,
+    ) -> bool {
+        let stores = read(&self.shared.stores);
+        let Some(store) = stores.get(&id) else {
+            return false;
+        };
+        self.shared
+            .guard
+            .keep_if_current(ticket, || spec.keep(&**store, key, value, ttl))
+    }
+
+    /// Drops the local copies of `key` (this process changed it) and voids reads in flight.
+    pub(crate) fn forget(&self, key: &[u8]) {
+        self.shared.forget(key);
+    }
+
+    pub(crate) fn stats(&self) -> TierStats {
+        let s = &self.shared;
+        TierStats {
+            invalidations: s.invalidations.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
+            fallback: s.fallback.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Entries held by the store of the strategy `id` (tests, and the memory benchmark).
+    pub(crate) fn entries(&self, id: StoreId) -> u64 {
+        read(&self.shared.stores)
+            .get(&id)
+            .map_or(0, |s| s.entries())
+    }
+
+    /// Whether local copies may be served now.
+    pub(crate) fn is_live(&self) -> bool {
+        self.shared.guard.is_live()
+    }
+
+    fn register<V>(&self, id: StoreId, spec: &LocalSpec<V>, prefix: &[u8]) {
+        {
+            let mut stores = write(&self.shared.stores);
+            if stores.contains_key(&id) {
+                return;
+            }
+            stores.insert(id, spec.make());
+        }
+        let changed = {
+            let mut prefixes = lock(&self.shared.prefixes);
+            let before = prefixes.clone();
+            prefixes.push(prefix.to_vec());
+            *prefixes = tracking::minimal(std::mem::take(&mut *prefixes));
+            *prefixes != before
+        };
+        if self.started.set(()).is_ok() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let tier = Arc::downgrade(&self.shared);
+                runtime.spawn(tracking::run(tier, self.source.clone(), self.timing));
+            }
+        } else if changed {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl TierShared {
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        lock(&self.prefixes).clone()
+    }
+
+    fn forget(&self, key: &[u8]) {
+        let stores = read(&self.stores);
+        self.guard.invalidate(key, || {
+            for store in stores.values() {
+                store.invalidate(key);
+            }
+        });
+    }
+
+    /// Starts a new session: pushes and losses from older connections are ignored from now.
+    fn begin_session(&self) -> u64 {
+        let mut session = lock(&self.session);
+        session.id += 1;
+        session.lost = false;
+        session.id
+    }
+
+    /// Goes live unless the session already lost a connection. Returns whether it did.
+    fn go_live(&self, id: u64) -> bool {
+        let session = lock(&self.session);
+        if session.id != id || session.lost {
+            return false;
+        }
+        self.guard.go_live();
+        tracing::debug!("cacheobj: local tier live");
+        true
+    }
+
+    /// Ends the session `id`: flushes the tier, so nothing is served from it until tracking
+    /// is confirmed again.
+    fn lose(&self, id: u64, why: &str) {
+        let mut session = lock(&self.session);
+        if session.id != id {
+            return;
+        }
+        session.lost = true;
+        let stores = read(&self.stores);
+        let was_live = self.guard.flush(|| {
+            for store in stores.values() {
+                store.clear();
+            }
+        });
+        if was_live {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("cacheobj: local tier flushed: {why}; reads go to Redis until tracking is confirmed again");
+        }
+        drop(stores);
+        drop(session);
+        self.wake.notify_one();
+    }
+
+    /// Redis was flushed (`FLUSHDB`, `FLUSHALL`): every copy goes, and since the connection
+    /// that said so is still tracking, the tier stays live.
+    fn flushed(&self, id: u64) {
+        let session = lock(&self.session);
+        let stores = read(&self.stores);
+        self.guard.flush(|| {
+            for store in stores.values() {
+                store.clear();
+            }
+        });
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if session.id == id && !session.lost {
+            self.guard.go_live();
+        }
+    }
+
+    /// Handles a push from a tracking connection of session `id`.
+    fn on_push(&self, id: u64, push: PushInfo) {
+        if tracking::is_disconnection(&push) {
+            self.lose(id, "a tracking connection closed");
+        } else if tracking::is_invalidate(&push) {
+            match tracking::invalidated_keys(&push) {
+                Some(keys) => {
+                    self.invalidations
+                        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                    for key in keys {
+                        self.forget(key);
+                    }
+                }
+                None => {
+                    self.invalidations.fetch_add(1, Ordering::Relaxed);
+                    self.flushed(id);
+                }
+            }
+        }
+    }
+
+    /// The deployment cannot track: the tier stays off, said once.
+    fn fall_back(&self, why: &str) {
+        if !self.fallback.swap(true, Ordering::Relaxed) {
+            tracing::warn!("cacheobj: local tier off, reads go to Redis: {why}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! One strategy's local store: decoded values in a moka cache, each with its own time to live.
+//!
+//! Strategies are generic over their value type, and `fetch` does not ask for `V: Clone +
+//! 'static`; [`Strategy::local`](crate::Strategy::local) does. So the typed operations are
+//! function pointers made there ([`LocalSpec`]), and the tier holds each store type-erased.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a strategy's `.local(..)` declared, with the typed operations on its store.
+pub(crate) struct LocalSpec<V> {
+    /// The bound: entries, or total weight when `weigher` is set.
+    pub(crate) capacity: u64,
+    pub(crate) weigher: Option<fn(&V) -> u32>,
+    make: fn(&LocalSpec<V>) -> Arc<dyn AnyStore>,
+    get: fn(&dyn AnyStore, &[u8]) -> Option<V>,
+    keep: fn(&dyn AnyStore, &[u8], &V, Duration),
+}
+
+// Manual impls: a derive would ask `V: Clone`, and the spec holds no `V`.
+impl<V> Clone for LocalSpec<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<V> Copy for LocalSpec<V> {}
+
+impl<V: Clone + Send + Sync + 'static> LocalSpec<V> {
+    pub(crate) const fn new(capacity: u64) -> Self {
+        LocalSpec {
+            capacity,
+            weigher: None,
+            make: make::<V>,
+            get: get::<V>,
+            keep: keep::<V>,
+        }
+    }
+}
+
+impl<V> LocalSpec<V> {
+    pub(crate) fn make(&self) -> Arc<dyn AnyStore> {
+        (self.make)(self)
+    }
+
+    /// The value under `key`, cloned; `None` also when `store` holds another type's values
+    /// (two strategies with one template and different types: neither is served locally).
+    pub(crate) fn get(&self, store: &dyn AnyStore, key: &[u8]) -> Option<V> {
+        (self.get)(store, key)
+    }
+
+    /// Keeps a clone of `value` for `ttl`.
+    pub(crate) fn keep(&self, store: &dyn AnyStore, key: &[u8], value: &V, ttl: Duration) {
+        (self.keep)(store, key, value, ttl)
+    }
+}
+
+/// A store whatever its value type: what invalidations and flushes need.
+pub(crate) trait AnyStore: Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+    fn invalidate(&self, key: &[u8]);
+    fn clear(&self);
+    /// Entries held, after pending evictions ran (for stats and tests).
+    fn entries(&self) -> u64;
+}
+
+/// A value and how long it may stay: the smaller of the strategy's local TTL and what Redis
+/// said was left of the entry's.
+#[derive(Clone)]
+struct Slot<V> {
+    value: V,
+    ttl: Duration,
+}
+
+struct SlotTtl;
+
+impl<V> moka::Expiry<Vec<u8>, Slot<V>> for SlotTtl {
+    fn expire_after_create(&self, _: &Vec<u8>, slot: &Slot<V>, _: Instant) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Vec<u8>,
+        slot: &Slot<V>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+}
+
+struct Store<V> {
+    cache: moka::sync::Cache<Vec<u8>, Slot<V>>,
+}
+
+impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn invalidate(&self, key: &[u8]) {
+        self.cache.invalidate(key);
+    }
+
+    fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    fn entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+fn make<V: Clone + Send + Sync + 'static>(spec: &LocalSpec<V>) -> Arc<dyn AnyStore> {
+    let builder = moka::sync::Cache::builder()
+        .max_capacity(spec.capacity)
+        .expire_after(SlotTtl);
+    let cache = match spec.weigher {
+        Some(weigh) => builder
+            .weigher(move |_: &Vec<u8>, slot: &Slot<V>| weigh(&slot.value))
+            .build(),
+        None => builder.build(),
+    };
+    Arc::new(Store { cache })
+}
+
+fn get<V: Clone + Send + Sync + 'static>(store: &dyn AnyStore, key: &[u8]) -> Option<V> {
+    let store = store.as_any().downcast_ref::<Store<V>>()?;
+    store.cache.get(key).map(|slot| slot.value)
+}
+
+fn keep<V: Clone + Send + Sync + 'static>(
+    store: &dyn AnyStore,
+    key: &[u8],
+    value: &V,
+    ttl: Duration,
+) {
+    if let Some(store) = store.as_any().downcast_ref::<Store<V>>() {
+        let slot = Slot {
+            value: value.clone(),
+            ttl,
+        };
+        store.cache.insert(key.to_vec(), slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_gets_and_forgets_by_key() {
+        let spec = LocalSpec::<String>::new(10);
+        let store = spec.make();
+        assert_eq!(spec.get(&*store, b"k"), None);
+        spec.keep(&*store, b"k", &"v".to_string(), Duration::from_secs(60));
+        assert_eq!(spec.get(&*store, b"k").as_deref(), Some("v"));
+        store.invalidate(b"k");
+        assert_eq!(spec.get(&*store, b"k"), None);
+    }
+
+    #[test]
+    fn another_types_store_serves_nothing() {
+        let store = LocalSpec::<String>::new(10).make();
+        LocalSpec::<String>::new(10).keep(&*store, b"k", &"v".into(), Duration::from_secs(60));
+        assert_eq!(LocalSpec::<u64>::new(10).get(&*store, b"k"), None);
+    }
+
+    #[test]
+    fn the_bound_holds_under_a_scan() {
+        let spec = LocalSpec::<u64>::new(100);
+        let store = spec.make();
+        for i in 0..10_000u64 {
+            spec.keep(&*store, &i.to_be_bytes(), &i, Duration::from_secs(60));
+        }
+        assert!(store.entries() <= 100, "{} entries", store.entries());
+    }
+
+    #[test]
+    fn a_weigher_bounds_total_weight() {
+        let mut spec = LocalSpec::<String>::new(1_000);
+        spec.weigher = Some(|s: &String| s.len() as u32);
+        let store = spec.make();
+        for i in 0..1_000u32 {
+            spec.keep(
+                &*store,
+                &i.to_be_bytes(),
+                &"x".repeat(100),
+                Duration::from_secs(60),
+            );
+        }
+        assert!(
+            store.entries() <= 10,
+            "{} entries of weight 100",
+            store.entries()
+        );
+    }
+
+    #[test]
+    fn a_slot_lives_no_longer_than_its_ttl() {
+        let spec = LocalSpec::<u64>::new(10);
+        let store = spec.make();
+        spec.keep(&*store, b"k", &1, Duration::ZERO);
+        assert_eq!(spec.get(&*store, b"k"), None);
+    }
+}
