@@ -112,14 +112,38 @@ async fn a_local_hit_sends_nothing_to_redis() {
             item(1, "lamp")
         );
     }
-    let after = commands(&mut raw).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert_eq!(cache.stats().local_hits, hits + 1_000);
-    // The two INFO calls are not counted; nothing else reached the server.
+    // The INFO calls are not counted; nothing else reached the server.
+    let after = commands(&mut raw).await;
     assert_eq!(
         after, before,
         "commands reached Redis during 1,000 local hits"
     );
+
+    // A batch the tier holds whole needs no round trip either.
+    for id in 2..=3 {
+        warm(&cache, &ITEM, id, "lamp").await;
+    }
+    let keys: Vec<ItemKey> = (1..=3).map(|item_id| ItemKey { item_id }).collect();
+    let before = commands(&mut raw).await;
+    let hits = cache.stats().local_hits;
+    let many = cache
+        .fetch_many(&ITEM, &keys, |_| async {
+            Ok::<_, std::io::Error>(Vec::new())
+        })
+        .await
+        .expect("fetch_many");
+    assert_eq!(
+        many,
+        vec![item(1, "lamp"), item(2, "lamp"), item(3, "lamp")]
+    );
+    assert_eq!(cache.stats().local_hits, hits + 3);
+    assert_eq!(
+        commands(&mut raw).await,
+        before,
+        "commands reached Redis during a local fetch_many"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
 /// Runs the coherence checks on one deployment: `cache` and `other` share it, `raw` writes

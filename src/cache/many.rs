@@ -127,6 +127,33 @@ impl Cache {
         result
     }
 
+    /// Every value from the local tier, when it holds them all: then the batch needs no round
+    /// trip. Otherwise `None`, and the whole batch is read from Redis as without a local tier
+    /// (whose values this read does not keep: an MGET says nothing of the entries' TTLs).
+    fn all_local<V, K, Kd>(
+        &self,
+        op: &Op<'_>,
+        strategy: &Strategy<V, K, Kd>,
+        wanted: &[Wanted<V>],
+    ) -> Option<Vec<V>> {
+        let tier = self.inner.local.as_ref()?;
+        let spec = strategy.local_spec()?;
+        let id = strategy.local_id();
+        let mut values = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            match tier.get(id, &spec, &w.entry.key) {
+                Some(v) => values.push(v),
+                None => {
+                    op.add(Event::LocalMiss, wanted.len() as u64);
+                    return None;
+                }
+            }
+        }
+        op.add(Event::Hit, values.len() as u64);
+        op.add(Event::LocalHit, values.len() as u64);
+        Some(values)
+    }
+
     async fn fetch_many_in<V, K, Kd, F, Fut, E>(
         &self,
         op: &Op<'_>,
@@ -180,6 +207,9 @@ impl Cache {
                     return op.load(|| loader(keys.to_vec())).await;
                 }
             }
+        }
+        if let Some(values) = self.all_local(op, strategy, &wanted) {
+            return Ok(values);
         }
         let missing = |force| Some(Missing { force, lease: None });
         let mut redis_ok = true;
