@@ -6,7 +6,8 @@
 //!
 //! - `cache/`: the [`Cache`] handle. `connect` builds it; `fetch` is the hit path; `load`
 //!   loads a missing value once (in-process coalescing in `flight`, the fill lease, the fill)
-//!   and refreshes early; `lease` releases leases a failure or a cancellation left behind;
+//!   and refreshes early; `local` shows the local tier's state; `lease` releases leases a
+//!   failure or a cancellation left behind;
 //!   `many` is `fetch_many`; `mutate`, `counter` and `collection` change entries.
 //! - `backend/`: where entries live, behind one set of single-key operations: `memory` (the
 //!   embedded store) and `redis/` (`conn`ections, `ops` and their Lua `scripts`, `reply`
@@ -14,6 +15,9 @@
 //!   handling).
 //! - [`Strategy`] (`strategy`) renders keys with `template` and `key` ([`CacheKey`]); `kind`
 //!   and `value` say what each kind holds, `codec` and `nesting_limit` how it is encoded.
+//! - `local/`: the local tier of [`Strategy::local`] strategies: each strategy's `store`
+//!   (moka), the `guard` that keeps raced reads out (per-key epochs, flushes), and the
+//!   `tracking` connections that receive Redis's invalidations.
 //! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `observe` counts each
 //!   fetch's events per strategy (and in `metrics`) and keeps its span's outcome; `clock` and
 //!   `lock` are small shared helpers.

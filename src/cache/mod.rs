@@ -6,7 +6,8 @@
 //! - `load`: loading it once per key (in-process coalescing, the fill lease, the fill) and
 //!   early refreshes; `lease`: releasing a lease that a failure or a cancellation left behind;
 //! - `many`: `fetch_many` and `invalidate_many`, one round trip for many keys;
-//! - `mutate`: invalidation and `exists`; `counter`: counters; `collection`: lists and sets.
+//! - `mutate`: invalidation and `exists`; `counter`: counters; `collection`: lists and sets;
+//! - `local`: what the local tier shows of itself (`local_live`, `local_len`).
 
 mod collection;
 mod connect;
