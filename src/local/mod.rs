@@ -187,7 +187,10 @@ impl LocalTier {
                 runtime.spawn(tracking::run(tier, self.source.clone(), self.timing));
             }
         } else if changed {
-            self.shared.wake.notify_one();
+            // The session tracks the old prefixes only: a read of the new strategy now could
+            // be kept with nothing to announce its key's changes. Start over with all of them.
+            let current = lock(&self.shared.session).id;
+            self.shared.lose(current, "a new local strategy's prefix is tracked");
         }
     }
 }
