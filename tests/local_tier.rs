@@ -294,3 +294,67 @@ async fn the_embedded_backend_accepts_local_strategies() {
     assert_eq!(cache.stats().local_hits, 0);
     assert!(!cache.local_live());
 }
+
+#[tokio::test]
+async fn a_server_that_refuses_tracking_falls_back_to_redis_reads() {
+    let server = RedisServer::start();
+    let mut admin = support::raw_conn_to(&server.url()).await;
+    // Everything but CLIENT: the tier cannot enable tracking.
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("reset")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-client")
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .host("127.0.0.1")
+            .port(server.port)
+            .username("app")
+            .password("secret")
+            .prefix(support::unique_prefix("local_fallback"))
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    let calls = AtomicUsize::new(0);
+    assert_eq!(fetch(&cache, &ITEM, 1, &calls, "a").await, item(1, "a"));
+    wait_until("the tier falls back", LIVE, || cache.stats().local_fallback).await;
+    for _ in 0..10 {
+        assert_eq!(fetch(&cache, &ITEM, 1, &calls, "b").await, item(1, "a"));
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.local_hits, stats.hits, stats.loads), (0, 10, 1));
+    assert!(!cache.local_live());
+    // Invalidation still works: Redis-only reads see it at once.
+    cache
+        .invalidate(&ITEM, &ItemKey { item_id: 1 })
+        .await
+        .expect("invalidate");
+    assert_eq!(fetch(&cache, &ITEM, 1, &calls, "c").await, item(1, "c"));
+}
+
+#[tokio::test]
+async fn a_cache_built_on_a_connection_falls_back_to_redis_reads() {
+    let client = redis::Client::open(support::redis_url()).expect("client");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let config = CacheConfig::builder()
+        .prefix(support::unique_prefix("local_from_conn"))
+        .build();
+    let cache = Cache::from_connection(conn, config).expect("cache");
+    let calls = AtomicUsize::new(0);
+    assert_eq!(fetch(&cache, &ITEM, 1, &calls, "a").await, item(1, "a"));
+    wait_until("the tier falls back", LIVE, || cache.stats().local_fallback).await;
+    assert_eq!(fetch(&cache, &ITEM, 1, &calls, "b").await, item(1, "a"));
+    assert_eq!(cache.stats().local_hits, 0);
+}

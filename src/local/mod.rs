@@ -190,7 +190,8 @@ impl LocalTier {
             // The session tracks the old prefixes only: a read of the new strategy now could
             // be kept with nothing to announce its key's changes. Start over with all of them.
             let current = lock(&self.shared.session).id;
-            self.shared.lose(current, "a new local strategy's prefix is tracked");
+            self.shared
+                .lose(current, "a new local strategy's prefix is tracked");
         }
     }
 }
