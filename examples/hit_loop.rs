@@ -43,6 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         CacheConfig::builder()
             .url(url.clone())
             .prefix(PREFIX)
+            // Under valgrind on a busy machine, connecting alone can pass the default 250 ms.
+            .response_timeout(std::time::Duration::from_secs(5))
             .build(),
     )
     .await?;
