@@ -1,5 +1,7 @@
 //! A loop of cache hits, for profilers and instruction counters: `fetch` of 1000 pre-filled
-//! items, or the same reads written by hand with redis-rs (GET + rmp-serde decode), from
+//! items (`cacheobj`), the same reads written by hand with redis-rs (GET + rmp-serde decode,
+//! `raw`), `fetch` of a strategy whose local tier holds them (`local`), or moka used the way a
+//! user would, a `future::Cache<String, Item>` keyed by the key formatted per call (`moka`), from
 //! `HIT_LOOP_TASKS` tasks (default 1), `HIT_LOOP_HITS` hits each (default 100,000). Prints
 //! the hits and the time they took. Needs a Redis at `HIT_LOOP_URL`; `scripts/instructions_per_hit.sh` starts a
 //! throwaway one and counts instructions per hit with callgrind.
@@ -7,6 +9,8 @@
 //! ```text
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- cacheobj
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- raw
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- local
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- moka
 //! ```
 
 use std::convert::Infallible;
@@ -14,8 +18,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cacheobj::{Cache, CacheConfig};
+use cacheobj::{Cache, CacheConfig, Strategy};
 use cacheobj_strategies::{Item, ItemKey, ITEM};
+
+/// `ITEM` with a local tier: the same entries, answered from process memory.
+const LOCAL_ITEM: Strategy<Item, ItemKey> = ITEM.local(2 * ITEMS);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Cacheobj,
+    Raw,
+    Local,
+    Moka,
+}
 
 const ITEMS: u64 = 1000;
 const PREFIX: &str = "hit_loop:";
@@ -31,10 +46,14 @@ fn env_or(name: &str, default: u64) -> Result<u64, Box<dyn std::error::Error>> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("HIT_LOOP_URL")
         .map_err(|_| "set HIT_LOOP_URL to a Redis this loop may write hit_loop:* keys to")?;
-    let raw_mode = match std::env::args().nth(1).as_deref() {
-        None | Some("cacheobj") => false,
-        Some("raw") => true,
-        Some(other) => return Err(format!("unknown mode {other:?}: cacheobj or raw").into()),
+    let mode = match std::env::args().nth(1).as_deref() {
+        None | Some("cacheobj") => Mode::Cacheobj,
+        Some("raw") => Mode::Raw,
+        Some("local") => Mode::Local,
+        Some("moka") => Mode::Moka,
+        Some(other) => {
+            return Err(format!("unknown mode {other:?}: cacheobj, raw, local or moka").into())
+        }
     };
     let tasks = env_or("HIT_LOOP_TASKS", 1)?;
     let per_task = env_or("HIT_LOOP_HITS", 100_000)?;
@@ -63,29 +82,58 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let raw = redis::Client::open(url.as_str())?
         .get_connection_manager()
         .await?;
+    let moka = moka::future::Cache::<String, Item>::new(2 * ITEMS);
+    match mode {
+        Mode::Local => warm_local(&cache).await?,
+        Mode::Moka => {
+            for item_id in 1..=ITEMS {
+                let item = Item {
+                    id: item_id,
+                    name: format!("item #{item_id}"),
+                };
+                moka.insert(format!("{PREFIX}item:{item_id}"), item).await;
+            }
+        }
+        Mode::Cacheobj | Mode::Raw => {}
+    }
 
+    // From here on, a `local` loop's reads must all be local hits.
+    let misses_before = cache.stats().local_misses;
     let hits = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
     for task in 0..tasks {
         let (cache, hits, mut conn) = (cache.clone(), hits.clone(), raw.clone());
+        let moka = moka.clone();
         handles.push(tokio::spawn(async move {
             let mut i = task * 7919;
             let mut n = 0;
             while n < per_task {
                 let item_id = i % ITEMS + 1;
-                let item: Item = if raw_mode {
-                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(format!("{PREFIX}item:{item_id}"))
-                        .query_async(&mut conn)
-                        .await?;
-                    rmp_serde::from_slice(&bytes.ok_or("a hit loop missed")?)?
-                } else {
-                    cache
-                        .fetch(&ITEM, &ItemKey { item_id }, || async {
-                            Err::<Item, _>("a hit loop missed")
-                        })
-                        .await?
+                let item: Item = match mode {
+                    Mode::Raw => {
+                        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(format!("{PREFIX}item:{item_id}"))
+                            .query_async(&mut conn)
+                            .await?;
+                        rmp_serde::from_slice(&bytes.ok_or("a hit loop missed")?)?
+                    }
+                    Mode::Moka => moka
+                        .get(&format!("{PREFIX}item:{item_id}"))
+                        .await
+                        .ok_or("a hit loop missed")?,
+                    Mode::Cacheobj | Mode::Local => {
+                        let strategy = if mode == Mode::Local {
+                            &LOCAL_ITEM
+                        } else {
+                            &ITEM
+                        };
+                        cache
+                            .fetch(strategy, &ItemKey { item_id }, || async {
+                                Err::<Item, _>("a hit loop missed")
+                            })
+                            .await?
+                    }
                 };
                 std::hint::black_box(item);
                 i += 1;
@@ -98,7 +146,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for handle in handles {
         handle.await?.map_err(|e| e.to_string())?;
     }
-    let mode = if raw_mode { "raw" } else { "cacheobj" };
+    if mode == Mode::Local && cache.stats().local_misses != misses_before {
+        return Err(format!("local hits went to Redis: {:?}", cache.stats()).into());
+    }
+    let mode = match mode {
+        Mode::Cacheobj => "cacheobj",
+        Mode::Raw => "raw",
+        Mode::Local => "local",
+        Mode::Moka => "moka",
+    };
     let hits = hits.load(Ordering::Relaxed);
     let took = started.elapsed();
     println!(
@@ -106,5 +162,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         took.as_secs_f64(),
         hits as f64 / took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// Waits until the local tier is live, then reads every item until the tier holds them all.
+async fn warm_local(cache: &Cache) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while cache.local_len(&LOCAL_ITEM) < ITEMS {
+        if Instant::now() > deadline {
+            return Err(
+                format!("the local tier never held every item: {:?}", cache.stats()).into(),
+            );
+        }
+        for item_id in 1..=ITEMS {
+            cache
+                .fetch(&LOCAL_ITEM, &ItemKey { item_id }, || async {
+                    Err::<Item, _>("a warm-up read missed")
+                })
+                .await?;
+        }
+        if !cache.local_live() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     Ok(())
 }

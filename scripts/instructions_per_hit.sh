@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Client instructions per cache hit, cacheobj `fetch` against hand-written redis-rs
-# (GET + rmp-serde decode), counted with callgrind: repeatable whatever else the machine is
-# doing, unlike timings. Each mode runs twice (10,000 and 30,000 hits under valgrind); the
+# (GET + rmp-serde decode), and a local-tier hit against moka (a formatted key per get),
+# counted with callgrind: repeatable whatever else the machine is doing, unlike timings. Each mode runs twice (10,000 and 30,000 hits under valgrind); the
 # difference between the runs cancels start-up and pre-filling, leaving 20,000 hits.
 #
 # Usage: bash scripts/instructions_per_hit.sh        (needs valgrind and redis-server)
@@ -36,7 +36,7 @@ count() { # mode hits -> "instructions hits"
 }
 
 declare -A per_hit
-for mode in cacheobj raw; do
+for mode in cacheobj raw local moka; do
     read -r ir1 hits1 < <(count "$mode" 10000)
     read -r ir2 hits2 < <(count "$mode" 30000)
     per_hit[$mode]=$(( (ir2 - ir1) / (hits2 - hits1) ))
@@ -44,3 +44,5 @@ for mode in cacheobj raw; do
 done
 awk -v a="${per_hit[cacheobj]}" -v b="${per_hit[raw]}" \
     'BEGIN { printf "ratio instructions_per_hit_vs_raw %.3f  # cacheobj / redis-rs by hand, lower is better\n", a / b }'
+awk -v a="${per_hit[local]}" -v b="${per_hit[moka]}" \
+    'BEGIN { printf "ratio local_hit_vs_moka %.3f  # a local-tier hit / moka get with a formatted key, lower is better\n", a / b }'
