@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Client instructions per cache hit, cacheobj `fetch` against hand-written redis-rs
 # (GET + rmp-serde decode), and a local-tier hit against moka (a formatted key per get),
-# counted with callgrind: repeatable whatever else the machine is doing, unlike timings. Each mode runs twice (10,000 and 30,000 hits under valgrind); the
-# difference between the runs cancels start-up and pre-filling, leaving 20,000 hits.
+# counted with callgrind: repeatable whatever else the machine is doing, unlike timings. Each
+# mode runs twice (10,000 and 30,000 hits under valgrind); the difference between the runs
+# cancels start-up and pre-filling, leaving 20,000 hits.
 #
 # Usage: bash scripts/instructions_per_hit.sh        (needs valgrind and redis-server)
 set -euo pipefail
