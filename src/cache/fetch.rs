@@ -92,6 +92,24 @@ impl Cache {
         // logs nothing, and instrumenting it would move the whole fetch future once more.
         let _finish = observe::Finish::new(&span, op);
         let inner = &*self.inner;
+        let local = match (&inner.local, strategy.local_spec()) {
+            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
+            _ => None,
+        };
+        if let Some((tier, spec, id)) = &local {
+            // Looked up under a key rendered into a reused buffer: a local hit allocates
+            // nothing but the clone it returns.
+            let found = tier.get_with(*id, spec, |buf| {
+                strategy.render_key(buf, &inner.prefix, key).is_ok()
+                    && buf.len() <= inner.max_key_len
+            });
+            if let Some(value) = found {
+                op.bump(Event::Hit);
+                op.bump(Event::LocalHit);
+                return Ok(value);
+            }
+            op.bump(Event::LocalMiss);
+        }
         let entry = match self.render(strategy, key) {
             Ok(r) => r,
             Err(e) => {
@@ -101,18 +119,6 @@ impl Cache {
         };
         // The rendered key may hold personal data: TRACE only.
         tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
-        let local = match (&inner.local, strategy.local_spec()) {
-            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
-            _ => None,
-        };
-        if let Some((tier, spec, id)) = &local {
-            if let Some(value) = tier.get(*id, spec, &entry.key) {
-                op.bump(Event::Hit);
-                op.bump(Event::LocalHit);
-                return Ok(value);
-            }
-            op.bump(Event::LocalMiss);
-        }
         let loc = entry.loc();
         let codec = strategy.value_codec();
         let early = strategy.early_refresh_ms() > 0

@@ -106,6 +106,38 @@ impl LocalTier {
         spec.get(&**stores.get(&id)?, key)
     }
 
+    /// The value under the key `render` writes into a buffer reused by this thread, if the
+    /// tier holds it and is live; `render` returns `false` for a key that does not render.
+    pub(crate) fn get_with<V>(
+        &self,
+        id: StoreId,
+        spec: &LocalSpec<V>,
+        render: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> Option<V> {
+        thread_local! {
+            static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        if !self.shared.guard.is_live() {
+            return None;
+        }
+        KEY.with(|key| {
+            // Another borrow on this thread cannot be live (nothing here re-enters), but a
+            // failed borrow only costs the local lookup, never a panic.
+            let mut key = key.try_borrow_mut().ok()?;
+            key.clear();
+            let found = if render(&mut key) {
+                self.get(id, spec, &key)
+            } else {
+                None
+            };
+            // A huge key (from a caller's input, refused as too long) is not kept around.
+            if key.capacity() > 4096 {
+                *key = Vec::new();
+            }
+            found
+        })
+    }
+
     /// A ticket for a read of `key` that may enter the tier; registers the strategy (and
     /// starts tracking its prefix) on first use. `None` while the tier is not live.
     pub(crate) fn ticket<V>(
