@@ -106,6 +106,11 @@ impl Cache {
             if let Some(value) = found {
                 op.bump(Event::Hit);
                 op.bump(Event::LocalHit);
+                // A local hit completes without waiting on anything: a task looping on them
+                // would hold its worker thread, and the tracking connections' readers (which
+                // apply Redis's invalidations) could not run. Taking a unit of tokio's
+                // cooperative budget makes such a loop yield now and then.
+                tokio::task::consume_budget().await;
                 return Ok(value);
             }
             op.bump(Event::LocalMiss);
