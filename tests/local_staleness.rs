@@ -547,6 +547,21 @@ async fn staleness_reader() {
     }
 }
 
+/// The reader processes: if the parent fails before they exit, they are killed (each by its
+/// own id) rather than left waiting for a stop that will not come.
+struct Readers(Vec<std::process::Child>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_readers_serve_each_write_soon_after_its_invalidation() {
     let prefix = support::unique_prefix("staleness");
@@ -560,23 +575,24 @@ async fn four_readers_serve_each_write_soon_after_its_invalidation() {
             ))
         })
         .collect();
-    let children: Vec<_> = outs
-        .iter()
-        .enumerate()
-        .map(|(i, out)| {
-            Command::new(&exe)
-                .args(["staleness_reader", "--exact", "--nocapture"])
-                .env(ENV_PREFIX, &prefix)
-                .env(ENV_INDEX, i.to_string())
-                .env(ENV_OUT, out)
-                .spawn()
-                .expect("spawn a reader process")
-        })
-        .collect();
+    let mut children = Readers(
+        outs.iter()
+            .enumerate()
+            .map(|(i, out)| {
+                Command::new(&exe)
+                    .args(["staleness_reader", "--exact", "--nocapture"])
+                    .env(ENV_PREFIX, &prefix)
+                    .env(ENV_INDEX, i.to_string())
+                    .env(ENV_OUT, out)
+                    .spawn()
+                    .expect("spawn a reader process")
+            })
+            .collect(),
+    );
     let started = Instant::now();
     let records = writer(&prefix, READERS, WRITES).await;
     let writing = started.elapsed();
-    for mut child in children {
+    for child in &mut children.0 {
         let status = child.wait().expect("reader exit");
         assert!(status.success(), "a reader process failed: {status}");
     }
