@@ -4,6 +4,12 @@
 //! in-process flights, as a process would), and several processes (the test binary spawns
 //! itself), on standalone Redis and the cluster, for obj, hash, counter, early refresh and
 //! `fetch_many`; and pins the race that broke it with a deterministic interleaving.
+//!
+//! With local tiers on (#11; obj and counter strategies with `.local(..)`), a `Cache` hears of
+//! another's invalidation a little after it returned: there, no read may be stale against its
+//! own `Cache`'s writes, and a read stale against another's may lag that write by at most a
+//! generous propagation bound. Every run ends with every `Cache` serving the last version of
+//! every key.
 
 mod support;
 
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use cacheobj::{Cache, CacheConfig, CacheKey, Counter, Hash, Stats, Strategy, Written};
 use serde::Serialize;
-use support::history::{self, Event, Shared};
+use support::history::{self, Event, Shared, StaleRead};
 
 #[derive(Debug, Clone, Serialize, CacheKey)]
 struct K {
@@ -29,6 +35,17 @@ const COUNT: Strategy<i64, K, Counter> = Strategy::counter("hist:count:<id>").ex
 const HOT: Strategy<u64, K> = Strategy::<u64, K>::obj("hist:hot:<id>")
     .expire(1)
     .early_refresh(Duration::from_millis(800));
+const ROW_LOCAL: Strategy<u64, K> = Strategy::<u64, K>::obj("hist:lrow:<id>")
+    .expire(60)
+    .local(100);
+const COUNT_LOCAL: Strategy<i64, K, Counter> =
+    Strategy::counter("hist:lcount:<id>").expire(60).local(100);
+
+/// How long a read may lag another `Cache`'s completed write with local tiers on: generous,
+/// the machine is shared (tests/local_staleness.rs measures the propagation itself).
+const LAG_BOUND: Duration = Duration::from_secs(1);
+/// How long every `Cache` may take to serve the last versions once the writes are done.
+const SETTLE_BOUND: Duration = Duration::from_secs(2);
 
 const KEYS: u64 = 4;
 
@@ -39,6 +56,8 @@ enum Shape {
     Counter,
     EarlyRefresh,
     FetchMany,
+    LocalObj,
+    LocalCounter,
 }
 
 impl Shape {
@@ -49,6 +68,8 @@ impl Shape {
         Shape::EarlyRefresh,
         Shape::FetchMany,
     ];
+    /// The shapes with a local tier.
+    const LOCAL: [Shape; 2] = [Shape::LocalObj, Shape::LocalCounter];
 
     fn name(self) -> &'static str {
         match self {
@@ -57,21 +78,33 @@ impl Shape {
             Shape::Counter => "counter",
             Shape::EarlyRefresh => "early_refresh",
             Shape::FetchMany => "fetch_many",
+            Shape::LocalObj => "local_obj",
+            Shape::LocalCounter => "local_counter",
         }
+    }
+
+    fn is_local(self) -> bool {
+        Shape::LOCAL.contains(&self)
+    }
+
+    fn is_counter(self) -> bool {
+        matches!(self, Shape::Counter | Shape::LocalCounter)
     }
 
     fn parse(s: &str) -> Shape {
         Shape::ALL
             .into_iter()
+            .chain(Shape::LOCAL)
             .find(|k| k.name() == s)
             .unwrap_or_else(|| panic!("unknown shape {s:?}"))
     }
 
     /// Percent of operations that write. Early refresh needs entries that live long enough
-    /// to be refreshed.
+    /// to be refreshed; a local tier, copies that live long enough to be served.
     fn write_percent(self) -> u8 {
         match self {
             Shape::EarlyRefresh => 3,
+            Shape::LocalObj | Shape::LocalCounter => 5,
             _ => 20,
         }
     }
@@ -88,6 +121,8 @@ struct Workload {
     /// serialized: `(this process's index, processes)`; key `k` is written by process
     /// `k % processes`.
     writer: (u64, u64),
+    /// The id of `caches[0]` in the history (`caches[i]` is `first_cache + i`).
+    first_cache: u64,
 }
 
 /// Writes row `id` and invalidates (or sets) its entry: the version written, or `None` when
@@ -106,14 +141,27 @@ async fn write(w: &Workload, cache: &Cache, id: u64, lock: &tokio::sync::Mutex<(
         Shape::Obj | Shape::FetchMany => landed(cache.invalidate_after(&ROW, &key, bump).await),
         Shape::EarlyRefresh => landed(cache.invalidate_after(&HOT, &key, bump).await),
         Shape::Hash => landed(cache.invalidate_after(&HASHED, &key, bump).await),
-        Shape::Counter => {
+        Shape::LocalObj => landed(cache.invalidate_after(&ROW_LOCAL, &key, bump).await),
+        Shape::Counter | Shape::LocalCounter => {
+            let strategy = if w.shape == Shape::Counter {
+                &COUNT
+            } else {
+                &COUNT_LOCAL
+            };
             let _serial = lock.lock().await;
             let version = w.shared.bump(id).await;
-            cache
-                .set_counter(&COUNT, &key, version as i64)
-                .await
-                .ok()
-                .map(|()| version)
+            // Retried (it is idempotent) so that Redis ends on the database's version: a
+            // failed set would leave the counter behind it until the next write.
+            for _ in 0..5 {
+                if cache
+                    .set_counter(strategy, &key, version as i64)
+                    .await
+                    .is_ok()
+                {
+                    return Some(version);
+                }
+            }
+            None
         }
     }
 }
@@ -134,11 +182,19 @@ async fn read(w: &Workload, cache: &Cache, ids: &[u64]) -> Vec<u64> {
         Shape::Obj => one(cache.fetch(&ROW, &K { id: ids[0] }, load(ids[0])).await),
         Shape::EarlyRefresh => one(cache.fetch(&HOT, &K { id: ids[0] }, load(ids[0])).await),
         Shape::Hash => one(cache.fetch(&HASHED, &K { id: ids[0] }, load(ids[0])).await),
-        Shape::Counter => {
+        Shape::LocalObj => one(cache
+            .fetch(&ROW_LOCAL, &K { id: ids[0] }, load(ids[0]))
+            .await),
+        Shape::Counter | Shape::LocalCounter => {
             let id = ids[0];
             let shared = shared.clone();
+            let strategy = if w.shape == Shape::Counter {
+                &COUNT
+            } else {
+                &COUNT_LOCAL
+            };
             let v = cache
-                .fetch(&COUNT, &K { id }, || async move {
+                .fetch(strategy, &K { id }, || async move {
                     let v = shared.get(id).await as i64;
                     history::think().await;
                     Ok::<_, Infallible>(v)
@@ -173,21 +229,26 @@ async fn run(w: Arc<Workload>) -> Vec<Event> {
             let w = w.clone();
             let locks = locks.clone();
             tokio::spawn(async move {
-                let cache = w.caches[t % w.caches.len()].clone();
+                let index = t % w.caches.len();
+                let cache = w.caches[index].clone();
+                let cache_id = w.first_cache + index as u64;
                 let mut events = Vec::with_capacity(per_task * 2);
                 for _ in 0..per_task {
                     let id = fastrand::u64(0..KEYS);
                     let (me, writers) = w.writer;
-                    let may_write = w.shape != Shape::Counter || id % writers == me;
+                    let may_write = !w.shape.is_counter() || id % writers == me;
                     if may_write && fastrand::u8(0..100) < w.shape.write_percent() {
                         let Some(version) = write(&w, &cache, id, &locks[id as usize]).await else {
                             continue;
                         };
+                        let at_ns = history::now_ns();
                         let returned = w.shared.tick().await;
                         events.push(Event::Write {
+                            cache: cache_id,
                             key: id,
                             version,
                             returned,
+                            at_ns,
                         });
                     } else {
                         let ids: Vec<u64> = if w.shape == Shape::FetchMany {
@@ -196,12 +257,15 @@ async fn run(w: Arc<Workload>) -> Vec<Event> {
                             vec![id]
                         };
                         let started = w.shared.tick().await;
+                        let at_ns = history::now_ns();
                         let versions = read(&w, &cache, &ids).await;
                         for (&key, version) in ids.iter().zip(versions) {
                             events.push(Event::Read {
+                                cache: cache_id,
                                 key,
                                 started,
                                 version,
+                                at_ns,
                             });
                         }
                     }
@@ -217,18 +281,91 @@ async fn run(w: Arc<Workload>) -> Vec<Event> {
     events
 }
 
+/// The counters the histories print, summed over `caches`.
 fn sum_stats(caches: &[Cache]) -> Stats {
     let mut total = Stats::default();
     for c in caches {
-        let s = c.stats();
-        total.loads += s.loads;
-        total.errors += s.errors;
-        total.coalesced_waits += s.coalesced_waits;
-        total.stale_fills_rejected += s.stale_fills_rejected;
-        total.voided_joins += s.voided_joins;
-        total.early_refreshes += s.early_refreshes;
+        add_stats(&mut total, &c.stats());
     }
     total
+}
+
+fn add_stats(total: &mut Stats, s: &Stats) {
+    total.hits += s.hits;
+    total.misses += s.misses;
+    total.loads += s.loads;
+    total.errors += s.errors;
+    total.coalesced_waits += s.coalesced_waits;
+    total.stale_fills_rejected += s.stale_fills_rejected;
+    total.voided_joins += s.voided_joins;
+    total.early_refreshes += s.early_refreshes;
+    total.local_hits += s.local_hits;
+    total.local_misses += s.local_misses;
+    total.local_invalidations += s.local_invalidations;
+    total.local_flushes += s.local_flushes;
+}
+
+/// [`add_stats`]'s fields as a line of a worker's output, and back.
+fn stats_line(s: &Stats) -> String {
+    let n = [
+        s.hits,
+        s.misses,
+        s.loads,
+        s.errors,
+        s.coalesced_waits,
+        s.stale_fills_rejected,
+        s.voided_joins,
+        s.early_refreshes,
+        s.local_hits,
+        s.local_misses,
+        s.local_invalidations,
+        s.local_flushes,
+    ];
+    let n: Vec<String> = n.iter().map(u64::to_string).collect();
+    format!("S {}", n.join(" "))
+}
+
+fn parse_stats(rest: &str) -> Stats {
+    let n: Vec<u64> = rest.split(' ').map(|x| x.parse().expect("stat")).collect();
+    let mut s = Stats::default();
+    s.hits = n[0];
+    s.misses = n[1];
+    s.loads = n[2];
+    s.errors = n[3];
+    s.coalesced_waits = n[4];
+    s.stale_fills_rejected = n[5];
+    s.voided_joins = n[6];
+    s.early_refreshes = n[7];
+    s.local_hits = n[8];
+    s.local_misses = n[9];
+    s.local_invalidations = n[10];
+    s.local_flushes = n[11];
+    s
+}
+
+/// Once the writes are done: reads through every `Cache` until each serves the database's
+/// version of every key, up to [`SETTLE_BOUND`]. Returns how long that took.
+async fn settle(label: &str, w: &Workload) -> Duration {
+    let started = std::time::Instant::now();
+    for (i, cache) in w.caches.iter().enumerate() {
+        for id in 0..KEYS {
+            let want = w.shared.get(id).await;
+            loop {
+                let got = read(w, cache, &[id]).await[0];
+                if got == want {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < SETTLE_BOUND,
+                    "{label}: cache {} still serves version {got} of key {id} (the database \
+                     holds {want}) {SETTLE_BOUND:?} after the writes ended",
+                    w.first_cache + i as u64
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    started.elapsed()
 }
 
 async fn connect(backend: &str, prefix: &str) -> Cache {
@@ -250,14 +387,30 @@ async fn connect(backend: &str, prefix: &str) -> Cache {
     cache
 }
 
-fn assert_fresh(label: &str, events: &[Event], stats: &Stats) {
+/// Checks a run's history. Without a local tier no read is stale. With one, no read is stale
+/// against its own `Cache`'s writes, and a read stale against another's lags it by less than
+/// [`LAG_BOUND`]; and the tier served some reads. `settled`: how long every `Cache` took to
+/// serve the last versions.
+fn assert_history(label: &str, shape: Shape, events: &[Event], stats: &Stats, settled: Duration) {
     let report = history::check(events);
+    let own = report.own();
+    let (l50, l99, lmax) = report.lags();
     println!(
-        "history {label}: {} reads checked, {} writes, {} stale reads; loads {}, coalesced waits \
-         {}, stale fills rejected {}, voided joins {}, early refreshes {}, errors {}",
+        "history {label}: {} reads checked, {} writes, {} stale reads: {} against the reading \
+         cache's own writes, {} against another cache's only, lag after that write \
+         completed p50 {l50:?} p99 {l99:?} max {lmax:?}; local hits {} of {} fetches; \
+         local invalidations {}, flushes {}; loads {}, coalesced waits {}, stale fills \
+         rejected {}, voided joins {}, early refreshes {}, errors {}; every cache served the \
+         last versions {settled:?} after the writes ended",
         report.reads,
         report.writes,
         report.stale.len(),
+        own.len(),
+        report.stale.len() - own.len(),
+        stats.local_hits,
+        stats.local_hits + stats.local_misses,
+        stats.local_invalidations,
+        stats.local_flushes,
         stats.loads,
         stats.coalesced_waits,
         stats.stale_fills_rejected,
@@ -267,12 +420,40 @@ fn assert_fresh(label: &str, events: &[Event], stats: &Stats) {
     );
     assert!(report.reads > 1000, "{label}: too few reads to tell");
     assert!(report.writes > 50, "{label}: too few writes to tell");
-    assert!(
-        report.stale.is_empty(),
-        "{label}: {} stale reads, e.g. {:?}",
-        report.stale.len(),
-        &report.stale[..report.stale.len().min(5)]
-    );
+    let first = |stale: Vec<&StaleRead>| -> Vec<String> {
+        stale.iter().take(5).map(|s| s.what.clone()).collect()
+    };
+    if shape.is_local() {
+        assert!(
+            own.is_empty(),
+            "{label}: {} reads stale against their own cache's writes, e.g. {:?}",
+            own.len(),
+            first(own.clone())
+        );
+        assert!(
+            lmax < LAG_BOUND,
+            "{label}: a read lagged another cache's write by {lmax:?}, past {LAG_BOUND:?}: \
+             {:?}",
+            report
+                .stale
+                .iter()
+                .filter(|s| s.lag >= LAG_BOUND)
+                .take(5)
+                .map(|s| &s.what)
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            stats.local_hits > 0,
+            "{label}: the local tier served nothing: {stats:?}"
+        );
+    } else {
+        assert!(
+            report.stale.is_empty(),
+            "{label}: {} stale reads, e.g. {:?}",
+            report.stale.len(),
+            first(report.stale.iter().collect())
+        );
+    }
     // A timeout on a loaded machine fails open (the fetch loads, which is fresh) or leaves a
     // write out of the history: harmless here, but many would mean a broken setup.
     assert!(
@@ -282,9 +463,9 @@ fn assert_fresh(label: &str, events: &[Event], stats: &Stats) {
 }
 
 /// Six `Cache` instances on one server, 48 tasks over 4 keys, 12,000 operations, for each
-/// shape; the clock and the "database" are atomics of this process.
-async fn six_caches(backend: &str) {
-    for shape in Shape::ALL {
+/// of `shapes`; the clock and the "database" are atomics of this process.
+async fn six_caches(backend: &str, shapes: &[Shape]) {
+    for &shape in shapes {
         let prefix = support::unique_prefix(&format!("history_{backend}_{}", shape.name()));
         let mut caches = Vec::new();
         for _ in 0..6 {
@@ -297,14 +478,13 @@ async fn six_caches(backend: &str) {
             tasks: 48,
             ops: 12_000,
             writer: (0, 1),
+            first_cache: 0,
         });
-        let events = run(w).await;
+        let label = format!("{backend} x6 caches {}", shape.name());
+        let events = run(w.clone()).await;
+        let settled = settle(&label, &w).await;
         let stats = sum_stats(&caches);
-        assert_fresh(
-            &format!("{backend} x6 caches {}", shape.name()),
-            &events,
-            &stats,
-        );
+        assert_history(&label, shape, &events, &stats, settled);
         if shape == Shape::EarlyRefresh {
             assert!(stats.early_refreshes > 0, "no early refresh ran: {stats:?}");
         }
@@ -313,12 +493,22 @@ async fn six_caches(backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_caches_on_one_redis_never_read_before_an_invalidation() {
-    six_caches("redis").await;
+    six_caches("redis", &Shape::ALL).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_caches_on_the_cluster_never_read_before_an_invalidation() {
-    six_caches("cluster").await;
+    six_caches("cluster", &Shape::ALL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_caches_with_local_tiers_on_one_redis_lag_only_behind_other_caches() {
+    six_caches("redis", &Shape::LOCAL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_caches_with_local_tiers_on_the_cluster_lag_only_behind_other_caches() {
+    six_caches("cluster", &Shape::LOCAL).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,13 +522,12 @@ async fn one_embedded_cache_never_reads_before_an_invalidation() {
             tasks: 48,
             ops: 12_000,
             writer: (0, 1),
+            first_cache: 0,
         });
-        let events = run(w).await;
-        assert_fresh(
-            &format!("memory {}", shape.name()),
-            &events,
-            &sum_stats(&[cache]),
-        );
+        let label = format!("memory {}", shape.name());
+        let events = run(w.clone()).await;
+        let settled = settle(&label, &w).await;
+        assert_history(&label, shape, &events, &sum_stats(&[cache]), settled);
     }
 }
 
@@ -385,9 +574,10 @@ async fn push(key: &str, n: u64) {
 }
 
 /// One process's share of a multi-process run: two `Cache`s, 12 tasks, 3,000 operations,
-/// with the clock and rows in the shared Redis. Spawned by
-/// `four_processes_never_read_before_an_invalidation`, it starts when the parent says go and
-/// writes its events to a file; run alone, it checks its own history.
+/// with the clock and rows in the shared Redis. Spawned by `four_processes`, it starts when
+/// the parent says go, says when its operations are done, and once every worker's are (the
+/// parent says settle) reads until its `Cache`s serve the last versions; then writes its
+/// events to a file. Run alone, it checks its own history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_worker() {
     let spawned = std::env::var(WORKER_PREFIX).ok();
@@ -422,8 +612,21 @@ async fn history_worker() {
         tasks: 12,
         ops: w_ops,
         writer: (index, processes),
+        first_cache: index * 2,
     });
-    let events = run(w).await;
+    let events = run(w.clone()).await;
+    let label = format!("worker {index} {backend} {}", shape.name());
+    if spawned.is_some() {
+        // Settle once nobody writes any more.
+        push(&format!("{prefix}done"), 1).await;
+        pop(
+            &format!("{prefix}settle"),
+            Duration::from_secs(60),
+            "the parent says settle",
+        )
+        .await;
+    }
+    let settled = settle(&label, &w).await;
     let stats = sum_stats(&caches);
     assert!(
         stats.errors * 100 <= w_ops as u64,
@@ -432,22 +635,23 @@ async fn history_worker() {
     match std::env::var(WORKER_OUT) {
         Ok(path) if spawned.is_some() => {
             let mut text: String = events.iter().map(|e| e.to_line() + "\n").collect();
-            text.push_str(&format!(
-                "S {} {} {} {}\n",
-                stats.loads, stats.coalesced_waits, stats.stale_fills_rejected, stats.voided_joins
-            ));
+            text.push_str(&stats_line(&stats));
+            text.push_str(&format!("\nQ {}\n", settled.as_micros()));
             std::fs::write(&path, text).expect("write the worker's history");
         }
-        _ => assert_fresh(
+        _ => assert_history(
             &format!("one worker {backend} {}", shape.name()),
+            shape,
             &events,
             &stats,
+            settled,
         ),
     }
 }
 
 /// Four processes, two `Cache`s each, share one Redis (or the cluster); their merged history
-/// has no stale read.
+/// has no stale read (with local tiers: none against a read's own `Cache`, and bounded lags
+/// behind the others), and every `Cache` ends on the last versions.
 async fn four_processes(backend: &str, shape: Shape) {
     let prefix = support::unique_prefix(&format!("history_procs_{backend}_{}", shape.name()));
     let exe = std::env::current_exe().expect("test binary path");
@@ -486,31 +690,42 @@ async fn four_processes(backend: &str, shape: Shape) {
         .await;
     }
     push(&format!("{prefix}go"), PROCESSES).await;
+    for _ in 0..PROCESSES {
+        pop(
+            &format!("{prefix}done"),
+            Duration::from_secs(120),
+            "every worker's operations end",
+        )
+        .await;
+    }
+    push(&format!("{prefix}settle"), PROCESSES).await;
     for mut child in children {
         let status = child.wait().expect("worker exit");
         assert!(status.success(), "a worker process failed: {status}");
     }
     let mut events = Vec::new();
     let mut stats = Stats::default();
+    let mut settled = Duration::ZERO;
     for out in &outs {
         let text = std::fs::read_to_string(out).expect("read a worker's history");
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("S ") {
-                let n: Vec<u64> = rest.split(' ').map(|x| x.parse().expect("stat")).collect();
-                stats.loads += n[0];
-                stats.coalesced_waits += n[1];
-                stats.stale_fills_rejected += n[2];
-                stats.voided_joins += n[3];
+                add_stats(&mut stats, &parse_stats(rest));
+            } else if let Some(rest) = line.strip_prefix("Q ") {
+                let us: u64 = rest.parse().expect("settle time");
+                settled = settled.max(Duration::from_micros(us));
             } else {
                 events.push(Event::from_line(line).expect("an event line"));
             }
         }
         let _ = std::fs::remove_file(out);
     }
-    assert_fresh(
+    assert_history(
         &format!("{backend} 4 processes x2 caches {}", shape.name()),
+        shape,
         &events,
         &stats,
+        settled,
     );
 }
 
@@ -520,6 +735,14 @@ async fn four_processes_never_read_before_an_invalidation() {
         four_processes("redis", shape).await;
     }
     four_processes("cluster", Shape::Obj).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_with_local_tiers_lag_only_behind_other_caches() {
+    for shape in Shape::LOCAL {
+        four_processes("redis", shape).await;
+    }
+    four_processes("cluster", Shape::LocalObj).await;
 }
 
 // --- the race, pinned --------------------------------------------------------------------
