@@ -74,16 +74,23 @@ enum Failure {
     Unsupported(String),
 }
 
+/// Only a refusal that retrying cannot cure turns the tier off: no RESP3, no permission, a
+/// command or option the server does not know. Anything else (down, loading, failing over,
+/// out of clients) is retried.
 fn classify(e: RedisError) -> Failure {
-    if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_timeout()
-        || e.kind() == redis::ErrorKind::AuthenticationFailed
-    {
-        Failure::Transient(e)
-    } else {
+    use redis::{ErrorKind, ServerErrorKind};
+    let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
+    let unsupported = match e.kind() {
+        ErrorKind::RESP3NotSupported | ErrorKind::Server(ServerErrorKind::NoPerm) => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            detail.contains("unknown") || detail.contains("syntax")
+        }
+        _ => false,
+    };
+    if unsupported {
         Failure::Unsupported(e.to_string())
+    } else {
+        Failure::Transient(e)
     }
 }
 
