@@ -253,6 +253,15 @@ async fn cluster_session(
         });
     }
     drop(first);
+    // No slot assigned yet (a cluster being set up): nothing to track is not "every node
+    // tracks". Live on no connection, the heartbeat would check nothing and never see the
+    // nodes come: try again instead.
+    if conns.is_empty() {
+        return Err(Failure::Transient(RedisError::from((
+            redis::ErrorKind::Io,
+            "the cluster lists no node (no slot assigned)",
+        ))));
+    }
     Ok(Session { conns, nodes })
 }
 
