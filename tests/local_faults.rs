@@ -1095,3 +1095,67 @@ async fn without_client_tracking_the_tier_falls_back_to_redis() {
     assert!(!cache.local_live());
     assert_eq!(cache.local_len(&OBJ), 0);
 }
+
+/// `calls=` of `command` (say `client|tracking`) in `INFO commandstats` of the node on `port`.
+fn calls(port: u16, command: &str) -> u64 {
+    let info = text(query(port, redis::cmd("INFO").arg("commandstats")).expect("INFO"));
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A cluster whose `CLUSTER SLOTS` lists no node (no slot assigned yet): there is nothing to
+/// track, so the tier must not go live; once the slots are assigned it tracks the node and
+/// invalidations arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_lists_no_node_is_not_live_on_no_connection() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start_without_slots)
+        .await
+        .expect("start the node");
+    let port = cluster.live_ports()[0];
+    let prefix = unique_prefix("lf_noslots");
+    let cache = connect(cluster_config(cluster.nodes(), &prefix, RESPONSE)).await;
+    // CLUSTERDOWN: fails open, and starts the tier.
+    assert_eq!(fetch(&cache, 1, "down").await, item(1, "down"));
+    // The tier's first session found no node; it must try again rather than go live.
+    let started = Instant::now();
+    while tokio::task::block_in_place(|| calls(port, "client|tracking")) < 2 {
+        assert!(
+            started.elapsed() < LIVE,
+            "the tier never looked at the cluster again (live: {}): {:?}",
+            cache.local_live(),
+            cache.stats()
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!cache.local_live(), "live with no tracking connection");
+
+    let reply = tokio::task::block_in_place(|| {
+        query(
+            port,
+            redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383),
+        )
+        .expect("ADDSLOTSRANGE")
+    });
+    assert_eq!(reply, redis::Value::Okay);
+    tokio::task::block_in_place(|| cluster.wait_for_failover(LIVE)).expect("the node serves");
+    let other = connect(cluster_config(
+        cluster.nodes(),
+        &prefix,
+        Duration::from_secs(2),
+    ))
+    .await;
+    warm(&cache, 1, "old").await;
+    let tracking = tokio::task::block_in_place(|| tracking_per_node(&cluster));
+    assert_eq!(tracking, vec![(port, 1)]);
+    while let Err(e) = other.invalidate(&OBJ, &key(1)).await {
+        assert!(started.elapsed() < LIVE, "invalidate keeps failing: {e:?}");
+        tokio::task::yield_now().await;
+    }
+    wait_until("the invalidation arrives", LIVE, || {
+        cache.local_len(&OBJ) == 0
+    })
+    .await;
+    assert_eq!(fetch(&cache, 1, "new").await, item(1, "new"));
+}
