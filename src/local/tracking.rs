@@ -296,9 +296,12 @@ fn host_of(addr: &ConnectionAddr) -> &str {
     }
 }
 
-/// Every node of the cluster (masters and replicas: a replica that is promoted keeps
-/// announcing the writes it applies), as sorted `host:port`, from `CLUSTER SLOTS` asked of the
-/// node at `answering_host`.
+/// Every node of the cluster that `CLUSTER SLOTS` lists, asked of the node at
+/// `answering_host`, as sorted `host:port`: the masters and their replicas (a replica that is
+/// promoted keeps announcing the writes it applies, so a failover that loses no node keeps the
+/// session). Redis 7 leaves out a replica that has replicated nothing yet (offset 0, as on a
+/// fresh cluster) or has failed: once it appears the node set has changed, which the
+/// heartbeat sees (a flush, and a session that tracks it too).
 async fn cluster_nodes(
     conn: &mut MultiplexedConnection,
     answering_host: &str,
