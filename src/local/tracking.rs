@@ -194,7 +194,8 @@ async fn watch(
         }
         if let (Source::Cluster(_), Some(first)) = (source, session.conns.first()) {
             let mut conn = first.conn.clone();
-            match tokio::time::timeout(timing.response, cluster_nodes(&mut conn)).await {
+            let host = split_addr(&first.addr).map_or("", |(host, _)| host);
+            match tokio::time::timeout(timing.response, cluster_nodes(&mut conn, host)).await {
                 Ok(Ok(nodes)) if nodes == session.nodes => {}
                 Ok(Ok(_)) => return "the cluster's nodes changed",
                 _ => return "a tracking connection did not answer its heartbeat",
@@ -246,7 +247,9 @@ async fn cluster_session(
     // The seed's own connection tracks too, so the node list and the connections agree on
     // one view of the cluster.
     let first = track(tier, session_id, seed, prefixes, timing).await?;
-    let nodes = cluster_nodes(&mut first.clone()).await.map_err(classify)?;
+    let nodes = cluster_nodes(&mut first.clone(), host_of(seed.addr()))
+        .await
+        .map_err(classify)?;
     let mut conns = Vec::with_capacity(nodes.len());
     for node in &nodes {
         let Some((host, port)) = split_addr(node) else {
@@ -260,6 +263,15 @@ async fn cluster_session(
         });
     }
     drop(first);
+    // No slot assigned yet (a cluster being set up): nothing to track is not "every node
+    // tracks". Live on no connection, the heartbeat would check nothing and never see the
+    // nodes come: try again instead.
+    if conns.is_empty() {
+        return Err(Failure::Transient(RedisError::from((
+            redis::ErrorKind::Io,
+            "the cluster lists no node (no slot assigned)",
+        ))));
+    }
     Ok(Session { conns, nodes })
 }
 
@@ -284,13 +296,36 @@ fn with_host(addr: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
     }
 }
 
-/// Every node of the cluster (masters and replicas: a replica that is promoted keeps
-/// announcing the writes it applies), as sorted `host:port`.
-async fn cluster_nodes(conn: &mut MultiplexedConnection) -> Result<Vec<String>, RedisError> {
+fn host_of(addr: &ConnectionAddr) -> &str {
+    match addr {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host,
+        _ => "",
+    }
+}
+
+/// Every node of the cluster that `CLUSTER SLOTS` lists, asked of the node at
+/// `answering_host`, as sorted `host:port`: the masters and their replicas (a replica that is
+/// promoted keeps announcing the writes it applies, so a failover that loses no node keeps the
+/// session). Redis 7 leaves out a replica that has replicated nothing yet (offset 0, as on a
+/// fresh cluster) or has failed: once it appears the node set has changed, which the
+/// heartbeat sees (a flush, and a session that tracks it too).
+async fn cluster_nodes(
+    conn: &mut MultiplexedConnection,
+    answering_host: &str,
+) -> Result<Vec<String>, RedisError> {
     let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    Ok(slot_nodes(reply, answering_host))
+}
+
+/// The nodes of a `CLUSTER SLOTS` reply. As redis-rs's cluster client reads it (so the nodes
+/// tracked are the nodes it sends commands to): an empty, NULL or wildcard endpoint means the
+/// node that answered (a node that never met another one does not know its own IP; an
+/// `unknown-endpoint` deployment behind a load balancer sends NULL), and `?` a node with no
+/// known endpoint, which is left out.
+fn slot_nodes(reply: Value, answering_host: &str) -> Vec<String> {
     let mut nodes = Vec::new();
     let Value::Array(ranges) = reply else {
-        return Ok(nodes);
+        return nodes;
     };
     for range in ranges {
         let Value::Array(parts) = range else { continue };
@@ -300,12 +335,18 @@ async fn cluster_nodes(conn: &mut MultiplexedConnection) -> Result<Vec<String>, 
             let host = match fields.next() {
                 Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
                 Some(Value::SimpleString(s)) => s,
+                Some(Value::Nil) => String::new(),
                 _ => continue,
             };
             let Some(Value::Int(port)) = fields.next() else {
                 continue;
             };
-            if host.is_empty() || host == "?" {
+            let host = match host.as_str() {
+                "?" => continue,
+                "" | "0.0.0.0" | "::" => answering_host.to_owned(),
+                _ => host,
+            };
+            if host.is_empty() {
                 continue;
             }
             nodes.push(format!("{host}:{port}"));
@@ -313,7 +354,7 @@ async fn cluster_nodes(conn: &mut MultiplexedConnection) -> Result<Vec<String>, 
     }
     nodes.sort();
     nodes.dedup();
-    Ok(nodes)
+    nodes
 }
 
 /// Opens one node's tracking connection and confirms `CLIENT TRACKING ON BCAST`.
@@ -415,6 +456,37 @@ mod tests {
             minimal(vec![b"a".to_vec(), Vec::new()]),
             vec![Vec::<u8>::new()]
         );
+    }
+
+    #[test]
+    fn an_unknown_endpoint_is_the_node_that_answered() {
+        let node = |host: Value, port: i64| Value::Array(vec![host, Value::Int(port)]);
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8000),
+                node(bulk(""), 7000),
+                node(Value::Nil, 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(8001),
+                Value::Int(16383),
+                node(bulk("10.0.0.2"), 7001),
+                node(bulk("?"), 7004),
+                node(bulk("0.0.0.0"), 7005),
+            ]),
+        ]);
+        assert_eq!(
+            slot_nodes(reply, "seed.example"),
+            vec![
+                "10.0.0.2:7001",
+                "seed.example:7000",
+                "seed.example:7003",
+                "seed.example:7005"
+            ]
+        );
+        assert!(slot_nodes(Value::Array(Vec::new()), "seed.example").is_empty());
     }
 
     #[test]

@@ -155,9 +155,20 @@ impl RedisCluster {
     /// cluster is ready. Retries with new ports if a port was taken in between.
     pub fn start(masters: usize, replicas_per_master: usize) -> RedisCluster {
         assert!(masters >= 3, "redis-cli --cluster create needs 3 masters");
+        RedisCluster::retry(|| RedisCluster::try_start(masters, replicas_per_master, true))
+    }
+
+    /// One node with `--cluster-enabled yes` that serves no slot (`CLUSTER SLOTS` is empty,
+    /// every key command answers `CLUSTERDOWN`) until it is given some, e.g. with
+    /// `CLUSTER ADDSLOTSRANGE 0 16383` (a cluster of one master).
+    pub fn start_without_slots() -> RedisCluster {
+        RedisCluster::retry(|| RedisCluster::try_start(1, 0, false))
+    }
+
+    fn retry(mut start: impl FnMut() -> Result<RedisCluster, String>) -> RedisCluster {
         let mut last = String::new();
         for _ in 0..3 {
-            match RedisCluster::try_start(masters, replicas_per_master) {
+            match start() {
                 Ok(cluster) => return cluster,
                 Err(e) => last = e,
             }
@@ -165,7 +176,11 @@ impl RedisCluster {
         panic!("could not start a throwaway redis cluster: {last}");
     }
 
-    fn try_start(masters: usize, replicas_per_master: usize) -> Result<RedisCluster, String> {
+    fn try_start(
+        masters: usize,
+        replicas_per_master: usize,
+        create: bool,
+    ) -> Result<RedisCluster, String> {
         let count = masters * (1 + replicas_per_master);
         let dir = temp_dir();
         let ports = free_ports(count * 2);
@@ -231,6 +246,9 @@ impl RedisCluster {
                 }
                 thread::sleep(Duration::from_millis(20));
             }
+        }
+        if !create {
+            return Ok(cluster);
         }
         let mut create = Command::new(cli_binary());
         create.args(["--cluster", "create"]);
