@@ -223,7 +223,7 @@ impl LocalTier {
             // be kept with nothing to announce its key's changes. Start over with all of them.
             let current = lock(&self.shared.session).id;
             self.shared
-                .lose(current, "a new local strategy's prefix is tracked");
+                .lose(current, "a new local strategy's prefix is tracked", true);
         }
     }
 }
@@ -262,10 +262,11 @@ impl TierShared {
     }
 
     /// Ends the session `id`: flushes the tier, so nothing is served from it until tracking
-    /// is confirmed again.
-    fn lose(&self, id: u64, why: &str) {
+    /// is confirmed again, and wakes the tracking task if `wake` (unless it is the one
+    /// calling). A session already lost is not flushed twice.
+    fn lose(&self, id: u64, why: &str, wake: bool) {
         let mut session = lock(&self.session);
-        if session.id != id {
+        if session.id != id || session.lost {
             return;
         }
         session.lost = true;
@@ -281,7 +282,9 @@ impl TierShared {
         }
         drop(stores);
         drop(session);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     /// Redis was flushed (`FLUSHDB`, `FLUSHALL`): every copy goes, and since the connection
@@ -303,7 +306,7 @@ impl TierShared {
     /// Handles a push from a tracking connection of session `id`.
     fn on_push(&self, id: u64, push: PushInfo) {
         if tracking::is_disconnection(&push) {
-            self.lose(id, "a tracking connection closed");
+            self.lose(id, "a tracking connection closed", true);
         } else if tracking::is_invalidate(&push) {
             match tracking::invalidated_keys(&push) {
                 Some(keys) => {

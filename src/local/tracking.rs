@@ -105,6 +105,10 @@ struct Session {
     conns: Vec<Tracked>,
     /// Cluster: the node set this session covers, sorted.
     nodes: Vec<String>,
+    /// Cluster: the seed node the set was asked of, and which the heartbeat asks again:
+    /// nodes' views differ while a failover converges, so another node's answer would be a
+    /// change of view, not of nodes.
+    view: Option<Tracked>,
 }
 
 /// Runs the tracking connections until the tier is dropped: connect, confirm tracking, go
@@ -117,8 +121,10 @@ pub(crate) async fn run(tier: Weak<TierShared>, source: Source, timing: Timing) 
             shared.fall_back(why);
             return;
         }
-        let prefixes = shared.prefixes();
+        // The session first, then its prefixes: a prefix added after this snapshot ends
+        // this session (see `LocalTier::register`), so none is left untracked.
         let session_id = shared.begin_session();
+        let prefixes = shared.prefixes();
         let started = tokio::time::timeout(
             timing.connect + timing.response * 4,
             connect(&tier, session_id, &source, &prefixes, timing),
@@ -149,9 +155,10 @@ pub(crate) async fn run(tier: Weak<TierShared>, source: Source, timing: Timing) 
         }
         let wake = shared.wake.clone();
         drop(shared);
-        let why = watch(&tier, &session, &wake, &source, &prefixes, timing).await;
+        let why = watch(&tier, &session, &wake, &prefixes, timing).await;
         let Some(shared) = tier.upgrade() else { return };
-        shared.lose(session_id, why);
+        // This task starts the next session itself: no wake-up for it.
+        shared.lose(session_id, why, false);
     }
 }
 
@@ -161,7 +168,6 @@ async fn watch(
     tier: &Weak<TierShared>,
     session: &Session,
     wake: &tokio::sync::Notify,
-    source: &Source,
     prefixes: &[Vec<u8>],
     timing: Timing,
 ) -> &'static str {
@@ -192,9 +198,9 @@ async fn watch(
                 }
             }
         }
-        if let (Source::Cluster(_), Some(first)) = (source, session.conns.first()) {
-            let mut conn = first.conn.clone();
-            let host = split_addr(&first.addr).map_or("", |(host, _)| host);
+        if let Some(view) = &session.view {
+            let mut conn = view.conn.clone();
+            let host = split_addr(&view.addr).map_or("", |(host, _)| host);
             match tokio::time::timeout(timing.response, cluster_nodes(&mut conn, host)).await {
                 Ok(Ok(nodes)) if nodes == session.nodes => {}
                 Ok(Ok(_)) => return "the cluster's nodes changed",
@@ -218,6 +224,7 @@ async fn connect(
             Ok(Session {
                 conns: vec![Tracked { addr, conn }],
                 nodes: Vec::new(),
+                view: None,
             })
         }
         Source::Cluster(seeds) => {
@@ -262,7 +269,6 @@ async fn cluster_session(
             conn,
         });
     }
-    drop(first);
     // No slot assigned yet (a cluster being set up): nothing to track is not "every node
     // tracks". Live on no connection, the heartbeat would check nothing and never see the
     // nodes come: try again instead.
@@ -272,7 +278,19 @@ async fn cluster_session(
             "the cluster lists no node (no slot assigned)",
         ))));
     }
-    Ok(Session { conns, nodes })
+    // The seed's own tracking connection, unless the seed is one of the nodes: then that
+    // node's connection, so each node has one.
+    let addr = format!("{}:{}", host_of(seed.addr()), port_of(seed.addr()));
+    let conn = match conns.iter().find(|t| t.addr == addr) {
+        Some(same) => same.conn.clone(),
+        None => first,
+    };
+    let view = Tracked { addr, conn };
+    Ok(Session {
+        conns,
+        nodes,
+        view: Some(view),
+    })
 }
 
 fn split_addr(node: &str) -> Option<(&str, u16)> {
@@ -293,6 +311,13 @@ fn with_host(addr: &ConnectionAddr, host: &str, port: u16) -> ConnectionAddr {
             tls_params: tls_params.clone(),
         },
         _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    }
+}
+
+fn port_of(addr: &ConnectionAddr) -> u16 {
+    match addr {
+        ConnectionAddr::Tcp(_, port) | ConnectionAddr::TcpTls { port, .. } => *port,
+        _ => 0,
     }
 }
 
