@@ -196,6 +196,21 @@ async fn coherence(label: &str, cache: Cache, other: Cache) {
         item(7, "v4"),
         "{label}"
     );
+    // And so does invalidate_after.
+    warm(&cache, &ITEM, 7, "v4").await;
+    let written = cache
+        .invalidate_after(&ITEM, &key, || async {
+            Ok::<_, std::io::Error>("row updated")
+        })
+        .await
+        .expect("the write does not fail");
+    assert_eq!(*written.value(), "row updated");
+    assert!(written.is_invalidated());
+    assert_eq!(
+        fetch(&cache, &ITEM, 7, &calls, "v5").await,
+        item(7, "v5"),
+        "{label}"
+    );
 
     // Counters: this process's incr is read back at once; another Cache's arrives.
     let load_views = || async { Ok::<_, std::io::Error>(10) };
@@ -357,4 +372,117 @@ async fn a_cache_built_on_a_connection_falls_back_to_redis_reads() {
     wait_until("the tier falls back", LIVE, || cache.stats().local_fallback).await;
     assert_eq!(fetch(&cache, &ITEM, 1, &calls, "b").await, item(1, "a"));
     assert_eq!(cache.stats().local_hits, 0);
+}
+
+#[tokio::test]
+async fn a_local_counter_hit_sends_nothing_to_redis() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_counter_nothing").await;
+    let key = ItemKey { item_id: 1 };
+    let load = || async { Ok::<_, std::io::Error>(41) };
+    let deadline = std::time::Instant::now() + LIVE;
+    while cache.stats().local_hits == 0 {
+        cache.fetch(&VIEWS, &key, load).await.expect("views");
+        assert!(std::time::Instant::now() < deadline, "no local counter hit");
+    }
+    let mut raw = support::raw_conn_to(&server.url()).await;
+    let before = commands(&mut raw).await;
+    for _ in 0..100 {
+        assert_eq!(cache.fetch(&VIEWS, &key, load).await.expect("views"), 41);
+    }
+    assert_eq!(
+        commands(&mut raw).await,
+        before,
+        "commands reached Redis during local counter hits"
+    );
+}
+
+/// Calls of every command on every node but the heartbeat's and the check's own.
+fn cluster_commands(cluster: &support::cluster::RedisCluster) -> u64 {
+    const SKIP: [&str; 4] = [
+        "cmdstat_ping:",
+        "cmdstat_info:",
+        "cmdstat_cluster|slots:",
+        "cmdstat_cluster:",
+    ];
+    let mut total = 0;
+    for port in cluster.live_ports() {
+        let info = support::cluster::query(port, redis::cmd("INFO").arg("commandstats"))
+            .expect("INFO commandstats");
+        let info: String = redis::from_redis_value(info).expect("INFO text");
+        total += info
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_") && !SKIP.iter().any(|s| l.starts_with(s)))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_hit_on_the_cluster_sends_nothing_to_any_node() {
+    let cluster = tokio::task::spawn_blocking(support::cluster::RedisCluster::start_masters_only)
+        .await
+        .expect("start a cluster");
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .nodes(cluster.nodes())
+            .prefix(support::unique_prefix("local_cluster_nothing"))
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    for id in 1..=6 {
+        warm(&cache, &ITEM, id, "lamp").await;
+    }
+    let before = tokio::task::block_in_place(|| cluster_commands(&cluster));
+    let calls = AtomicUsize::new(0);
+    let hits = cache.stats().local_hits;
+    for round in 0..100u64 {
+        let id = round % 6 + 1;
+        assert_eq!(
+            fetch(&cache, &ITEM, id, &calls, "other").await,
+            item(id, "lamp")
+        );
+    }
+    assert_eq!(cache.stats().local_hits, hits + 100);
+    let after = tokio::task::block_in_place(|| cluster_commands(&cluster));
+    assert_eq!(
+        after, before,
+        "commands reached the cluster during local hits"
+    );
+}
+
+#[tokio::test]
+async fn flushdb_drops_every_local_copy_and_the_tier_stays_live() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_flushdb").await;
+    warm(&cache, &ITEM, 1, "old").await;
+    let flushes = cache.stats().local_flushes;
+    let mut raw = support::raw_conn_to(&server.url()).await;
+    // Our own throwaway server: FLUSHDB touches nobody else's keys.
+    let () = redis::cmd("FLUSHDB")
+        .query_async(&mut raw)
+        .await
+        .expect("FLUSHDB");
+    wait_until("the flush is announced", LIVE, || {
+        cache.stats().local_flushes > flushes
+    })
+    .await;
+    assert_eq!(cache.local_len(&ITEM), 0);
+    assert!(
+        cache.local_live(),
+        "the connection that announced the flush still tracks"
+    );
+    let calls = AtomicUsize::new(0);
+    assert_eq!(fetch(&cache, &ITEM, 1, &calls, "new").await, item(1, "new"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
