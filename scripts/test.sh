@@ -46,32 +46,6 @@ REDIS_DIR=""
 # The cluster nodes and the TLS server: "pid:description" entries.
 EXTRA_SERVERS=()
 
-# stop_servers PID:DESC...: SIGTERM to each still-running server, up to 5 s for all of
-# them to exit, then SIGKILL to the rest, and reap them.
-stop_servers() {
-    local entry pid alive
-    for entry in "$@"; do
-        pid=${entry%%:*}
-        if kill -0 "$pid" 2>/dev/null; then
-            log "stopping ${entry#*:} (pid $pid)"
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
-    done
-    for _ in $(seq 1 50); do
-        alive=""
-        for entry in "$@"; do
-            kill -0 "${entry%%:*}" 2>/dev/null && alive=1
-        done
-        [ -n "$alive" ] || break
-        sleep 0.1
-    done
-    for entry in "$@"; do
-        pid=${entry%%:*}
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-}
-
 cleanup() {
     if [ "${#EXTRA_SERVERS[@]}" -gt 0 ]; then
         stop_servers "${EXTRA_SERVERS[@]}"
@@ -160,48 +134,6 @@ export CACHEOBJ_REDIS_SERVER
 log "CACHEOBJ_TEST_REDIS_URL=$CACHEOBJ_TEST_REDIS_URL CACHEOBJ_REDIS_SERVER=$CACHEOBJ_REDIS_SERVER"
 
 # --- 3. throwaway 3-master Redis Cluster ------------------------------------
-# wait_ready PID REDIS-CLI-ARGS...: waits up to 10 s until the server answers PING with PONG
-# and INFO says it is process PID (not some other server). Returns 0 when ready, 2 when the
-# process exited, 1 when it is alive but did not answer in time.
-wait_ready() {
-    local pid=$1
-    shift
-    local deadline=$((SECONDS + 10))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        kill -0 "$pid" 2>/dev/null || return 2
-        if [ "$(redis-cli "$@" ping 2>/dev/null || true)" = "PONG" ] \
-            && redis-cli "$@" info server 2>/dev/null \
-            | tr -d '\r' | grep -qx "process_id:$pid"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# pick_free_ports N: N distinct free loopback ports, one a line.
-pick_free_ports() {
-    local n=$1 port picked=" " count=0 tries=0
-    while [ "$count" -lt "$n" ]; do
-        tries=$((tries + 1))
-        [ "$tries" -le 200 ] || return 1
-        port=$(pick_free_port) || return 1
-        case "$picked" in *" $port "*) continue ;; esac
-        picked="$picked$port "
-        count=$((count + 1))
-        echo "$port"
-    done
-}
-
-show_logs() {
-    local f
-    for f in "$@"; do
-        [ -f "$f" ] || continue
-        printf -- '--- %s ---\n' "$f" >&2
-        cat "$f" >&2 || true
-    done
-}
-
 CLUSTER_DIR="$REDIS_DIR/cluster"
 mkdir -p "$CLUSTER_DIR"
 CLUSTER_PORTS=()
