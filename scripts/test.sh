@@ -13,7 +13,8 @@
 #     openssl:                        CACHEOBJ_TEST_TLS_URL, CACHEOBJ_TEST_CA_CERT
 # runs the tests, and stops every server (removing the temp dir) on exit. Then runs
 # scripts/service_test.sh: the service (service/) over HTTP on a throwaway PostgreSQL and on
-# SQLite, each test with its own redis-server.
+# SQLite, each test with its own redis-server; and, last, scripts/compat.sh: a focused part of
+# the suite on Redis 6.2 and Valkey 8.1 (whole-suite mode only, not with ARGS).
 set -euo pipefail
 
 SCRIPT=test.sh
@@ -308,5 +309,8 @@ cargo test --workspace --doc
 
 log "running: bash scripts/service_test.sh (the service over HTTP, on PostgreSQL and SQLite)"
 bash scripts/service_test.sh
+
+log "running: bash scripts/compat.sh (the local tier, the behaviour suite and more on Redis 6.2 and Valkey 8.1)"
+bash scripts/compat.sh
 
 log "all tests passed"
