@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts here: logging, installing redis-server on a machine that has nothing,
 # and picking a free loopback port. Set SCRIPT to the caller's name before sourcing.
 
