@@ -47,6 +47,64 @@ fn cli_binary() -> PathBuf {
     PathBuf::from("redis-cli")
 }
 
+/// Whether the server takes `--cluster-port` (Redis 7.0 and later, every Valkey). Redis 6.2
+/// has no such option: its cluster bus is always on client port + 10000.
+fn has_cluster_port_option() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let out = Command::new(server_binary())
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {:?} --version: {e}", server_binary()));
+        let version = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "Redis server v=6.2.14 sha=..." or "Valkey server v=8.1.8 sha=...".
+        let major = version
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "cannot read the version of {:?}: {version:?}",
+                    server_binary()
+                )
+            });
+        !version.starts_with("Redis ") || major >= 7
+    })
+}
+
+/// `count` (client port, cluster bus port) pairs of free loopback ports, all distinct: with
+/// `--cluster-port` any free ports; without it the bus is client port + 10000, so both are
+/// checked free (and the client port is at most 55535).
+fn free_node_ports(count: usize) -> Vec<(u16, u16)> {
+    if has_cluster_port_option() {
+        let ports = free_ports(count * 2);
+        return ports.chunks(2).map(|p| (p[0], p[1])).collect();
+    }
+    let mut held: Vec<TcpListener> = Vec::new();
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..10_000 {
+        if pairs.len() == count {
+            break;
+        }
+        let port = fastrand::u16(20_000..55_000);
+        let (Ok(a), Ok(b)) = (
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)),
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10_000)),
+        ) else {
+            continue;
+        };
+        held.extend([a, b]);
+        pairs.push((port, port + 10_000));
+    }
+    assert_eq!(
+        pairs.len(),
+        count,
+        "cannot find {count} free loopback ports P with P + 10000 free too"
+    );
+    pairs
+}
+
 /// `count` distinct free loopback ports, all bound at once so they differ.
 fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..count)
@@ -160,7 +218,7 @@ impl RedisCluster {
 
     /// One node with `--cluster-enabled yes` that serves no slot (`CLUSTER SLOTS` is empty,
     /// every key command answers `CLUSTERDOWN`) until it is given some, e.g. with
-    /// `CLUSTER ADDSLOTSRANGE 0 16383` (a cluster of one master).
+    /// `CLUSTER ADDSLOTS 0 1 ... 16383` (a cluster of one master).
     pub fn start_without_slots() -> RedisCluster {
         RedisCluster::retry(|| RedisCluster::try_start(1, 0, false))
     }
@@ -183,21 +241,25 @@ impl RedisCluster {
     ) -> Result<RedisCluster, String> {
         let count = masters * (1 + replicas_per_master);
         let dir = temp_dir();
-        let ports = free_ports(count * 2);
+        let ports = free_node_ports(count);
         let mut cluster = RedisCluster {
             nodes: Vec::with_capacity(count),
             dir: dir.clone(),
             masters,
             replicas_per_master,
         };
-        for i in 0..count {
-            let (port, bus) = (ports[2 * i], ports[2 * i + 1]);
+        for &(port, bus) in &ports {
+            let bus_args = if has_cluster_port_option() {
+                vec!["--cluster-port".to_owned(), bus.to_string()]
+            } else {
+                Vec::new() // the bus is port + 10000, checked free
+            };
             let log = File::create(dir.join(format!("stdout-{port}.log")))
                 .map_err(|e| format!("cannot create a log file in {}: {e}", dir.display()))?;
             let err = log.try_clone().map_err(|e| e.to_string())?;
             let child = Command::new(server_binary())
                 .args(["--port", &port.to_string()])
-                .args(["--cluster-port", &bus.to_string()])
+                .args(&bus_args)
                 .args(["--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes"])
                 .arg("--cluster-config-file")
