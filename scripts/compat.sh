@@ -28,9 +28,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 
 # The test files run on each server: the local tier (RESP3 push, CLIENT TRACKING BCAST: the
-# most version-sensitive part), the behaviour suite for each kind (standalone, cluster and
-# embedded backends), the invalidation queue over a server restart, a lease holder killed
-# mid-load, and whole read histories across caches and processes; then the cheap files that
+# most version-sensitive part), under faults (private servers and clusters killed, restarted,
+# frozen, failed over) and its staleness across processes, the behaviour suite for each kind
+# (standalone, cluster and embedded backends), the invalidation queue over a server restart, a
+# lease holder killed mid-load, whole read histories across caches and processes, cluster
+# nodes failing; then the cheap files that
 # run the rest of the Lua scripts and replies: batches (MGET, pipelines, cross-slot), TTLs,
 # stale sets, negative caching, hash tags, coalescing, fail-open on a paused or stopped
 # server, undecodable entries, Redis's errors in the library's messages, hostile bytes under
