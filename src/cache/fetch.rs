@@ -80,7 +80,6 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let op = &self.inner.op(strategy.strategy_name());
         let span = tracing::debug_span!(
             "cacheobj.fetch",
             strategy = strategy.strategy_name(),
@@ -88,29 +87,41 @@ impl Cache {
             load_us = Empty,
             elapsed_us = Empty,
         );
+        let started_at = observe::clock(&span);
+        let inner = &*self.inner;
+        let rendered = self.render(strategy, key);
+        if let Ok(entry) = &rendered {
+            // The rendered key may hold personal data: TRACE only.
+            tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
+        }
+        let local = match (&inner.local, strategy.local_spec()) {
+            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
+            _ => None,
+        };
+        // A local hit awaits nothing: it is counted without an `Op`.
+        if let (Ok(entry), Some((tier, spec, id))) = (&rendered, &local) {
+            if let Some(value) = tier.get(*id, spec, &entry.key) {
+                observe::local_hit(
+                    &inner.counters,
+                    &inner.by_strategy,
+                    strategy.strategy_name(),
+                );
+                observe::finish(&span, started_at, "hit");
+                return Ok(value);
+            }
+        }
+        let op = &inner.op(strategy.strategy_name());
         // Records the outcome however the fetch ends. The hit path runs outside the span: it
         // logs nothing, and instrumenting it would move the whole fetch future once more.
-        let _finish = observe::Finish::new(&span, op);
-        let inner = &*self.inner;
-        let entry = match self.render(strategy, key) {
+        let _finish = observe::Finish::new(&span, op, started_at);
+        let entry = match rendered {
             Ok(r) => r,
             Err(e) => {
                 op.fault(&Error::Key(e));
                 return op.load(loader).instrument(span.clone()).await;
             }
         };
-        // The rendered key may hold personal data: TRACE only.
-        tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
-        let local = match (&inner.local, strategy.local_spec()) {
-            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
-            _ => None,
-        };
-        if let Some((tier, spec, id)) = &local {
-            if let Some(value) = tier.get(*id, spec, &entry.key) {
-                op.bump(Event::Hit);
-                op.bump(Event::LocalHit);
-                return Ok(value);
-            }
+        if local.is_some() {
             op.bump(Event::LocalMiss);
         }
         let loc = entry.loc();
