@@ -15,8 +15,10 @@
 //!    without `ping`, the tracking heartbeat, and `info`, the check itself);
 //! 2. hit throughput with 1 and 64 tasks: the same two, redis-rs's experimental client-side
 //!    cache (RESP3, `cache-aio`) doing GET + decode, and a plain redis-rs GET + decode;
-//! 3. local-miss cost: reads that miss a local tier too small for the key set and go to Redis,
-//!    vs the same strategy without `.local`;
+//! 3. local-miss cost: reads that miss a local tier too small for the key set and go to Redis
+//!    (each read then keeps its value, evicting another), vs the same strategy without
+//!    `.local`; redis-rs GET and GET+PTTL pipelined beside them show what the PTTL a local
+//!    read sends costs, and what the MGET coalescing of the other path saves;
 //! 4. memory per local entry (live bytes after holding N entries, by a counting allocator) vs
 //!    moka holding the same entries, and the bound under a scan of many distinct keys.
 //!
@@ -301,6 +303,8 @@ enum Op {
     MissLocal,
     /// cacheobj fetch of `MISS_PLAIN`: the same reads without a local tier.
     MissPlain,
+    /// redis-rs GET and PTTL pipelined, + decode: what a local miss sends, by hand.
+    RawPipe,
 }
 
 impl Op {
@@ -312,11 +316,12 @@ impl Op {
             Op::Raw => "redis-rs GET+decode",
             Op::MissLocal => "cacheobj .local, local miss",
             Op::MissPlain => "cacheobj without .local",
+            Op::RawPipe => "redis-rs GET+PTTL pipe+decode",
         }
     }
 
-    /// Whether one operation stays in process (timed in batches, and, in the throughput
-    /// group, followed by a yield per batch so that 64 tasks take turns).
+    /// Whether one operation stays in process (timed in batches, and, in the 64-task
+    /// throughput group, followed by a yield per batch so that the tasks take turns).
     fn in_process(self) -> bool {
         matches!(self, Op::Local | Op::Moka | Op::Csc)
     }
@@ -335,7 +340,9 @@ struct Scenario {
     name: &'static str,
     conc: usize,
     ops: &'static [Op],
-    /// Yield after each timed batch of an in-process contender.
+    /// Yield after each timed batch of an in-process contender: with 64 tasks, which would
+    /// otherwise run one after another (a hit from memory never waits); one task has no one
+    /// to take turns with.
     yields: bool,
 }
 
@@ -350,7 +357,7 @@ const SCENARIOS: &[Scenario] = &[
         name: "hit tput",
         conc: 1,
         ops: &[Op::Local, Op::Moka, Op::Csc, Op::Raw],
-        yields: true,
+        yields: false,
     },
     Scenario {
         name: "hit tput",
@@ -361,13 +368,13 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "local miss",
         conc: 1,
-        ops: &[Op::MissLocal, Op::MissPlain],
+        ops: &[Op::MissLocal, Op::MissPlain, Op::Raw, Op::RawPipe],
         yields: false,
     },
     Scenario {
         name: "local miss",
         conc: 64,
-        ops: &[Op::MissLocal, Op::MissPlain],
+        ops: &[Op::MissLocal, Op::MissPlain, Op::Raw, Op::RawPipe],
         yields: false,
     },
 ];
@@ -457,6 +464,21 @@ async fn worker(env: Arc<Env>, op: Op, task: u64, deadline: Instant, yields: boo
                 .query_async(&mut conn)
                 .await
                 .expect("GET");
+            let v: Item =
+                rmp_serde::from_slice(&bytes.expect("redis-rs hit path missed")).expect("decode");
+            debug_assert_eq!(v.id, id);
+            std::hint::black_box(v);
+        }),
+        Op::RawPipe => timed!(HOT, |id| {
+            let key = raw_key(id);
+            let (bytes, _pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET+PTTL");
             let v: Item =
                 rmp_serde::from_slice(&bytes.expect("redis-rs hit path missed")).expect("decode");
             debug_assert_eq!(v.id, id);
@@ -752,7 +774,7 @@ async fn bench(
     }
     println!(
         "{:<12} {:>4}  (in-process contenders: p50 is the mean of a batch of {BATCH} timed \
-         together; in the tput groups each task yields after each batch)",
+         together; in the 64-task tput group each task yields after each batch)",
         "", ""
     );
     println!(
@@ -802,6 +824,9 @@ async fn bench(
     let t1_raw = ratio_of(r(1, Op::Local), r(1, Op::Raw), faster);
     let miss1 = ratio_of(r(3, Op::MissLocal), r(3, Op::MissPlain), slower);
     let miss64 = ratio_of(r(4, Op::MissLocal), r(4, Op::MissPlain), slower);
+    let pipe1 = ratio_of(r(3, Op::RawPipe), r(3, Op::Raw), slower);
+    let pipe64 = ratio_of(r(4, Op::RawPipe), r(4, Op::Raw), slower);
+    let plain64 = ratio_of(r(4, Op::MissPlain), r(4, Op::Raw), faster);
 
     println!();
     println!("# ratio lines: the median of {rounds} per-round ratios [min..max], target, verdict.");
@@ -856,7 +881,7 @@ async fn bench(
         t1_moka,
         ">= 0.7",
         Some(t1_moka.median >= 0.7),
-        "throughput, cacheobj local / moka, 1 task (yielding per batch)",
+        "throughput, cacheobj local / moka, 1 task",
     );
     line(
         "hit_tput_c1_vs_redis_rs_cache_aio",
@@ -885,6 +910,27 @@ async fn bench(
         "<= 1.05",
         Some(miss64.median <= 1.05),
         "time per read, .local (missing) / without .local, 64 tasks",
+    );
+    line(
+        "redis_rs_get_pttl_vs_get_c1",
+        pipe1,
+        "",
+        None,
+        "time per read, redis-rs GET+PTTL pipelined / GET, 1 task: the PTTL's share",
+    );
+    line(
+        "redis_rs_get_pttl_vs_get_c64",
+        pipe64,
+        "",
+        None,
+        "the same, 64 tasks",
+    );
+    line(
+        "no_local_vs_redis_rs_get_c64",
+        plain64,
+        "",
+        None,
+        "throughput, cacheobj without .local / redis-rs GET, 64 tasks: MGET coalescing",
     );
     let mem_ratio = memory.cacheobj / memory.moka;
     println!(
