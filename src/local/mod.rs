@@ -38,6 +38,10 @@ type StoreId = (&'static str, u32);
 /// collide.
 type Stores = HashMap<StoreId, Arc<dyn AnyStore>, BuildHasherDefault<IdHasher>>;
 
+/// The first stores registered are also found here, without a lock: a local hit's lookup then
+/// costs no read-modify-write of a lock shared by every thread.
+const UNLOCKED: usize = 16;
+
 #[derive(Default)]
 struct IdHasher(u64);
 
@@ -91,6 +95,9 @@ pub(crate) struct LocalTier {
 pub(crate) struct TierShared {
     guard: Guard,
     stores: RwLock<Stores>,
+    /// The first [`UNLOCKED`] stores again, in the order registered, each set once under the
+    /// write lock of `stores`.
+    unlocked: [OnceLock<(StoreId, Arc<dyn AnyStore>)>; UNLOCKED],
     /// The key prefixes tracked: those of the local strategies used so far.
     prefixes: Mutex<Vec<Vec<u8>>>,
     /// Wakes the tracking task: a loss, or a new prefix.
@@ -131,6 +138,7 @@ impl LocalTier {
             shared: Arc::new(TierShared {
                 guard: Guard::new(),
                 stores: RwLock::new(Stores::default()),
+                unlocked: std::array::from_fn(|_| OnceLock::new()),
                 prefixes: Mutex::new(Vec::new()),
                 wake: Arc::new(tokio::sync::Notify::new()),
                 session: Mutex::new(SessionState::default()),
@@ -149,6 +157,14 @@ impl LocalTier {
         if !self.shared.guard.is_live() {
             return None;
         }
+        let unlocked = &self.shared.unlocked;
+        for (sid, store) in unlocked.iter().map_while(OnceLock::get) {
+            if sid.1 == id.1 && sid.0 == id.0 {
+                return spec.get(&**store, key);
+            }
+        }
+        // With a slot still free, the store is not registered (yet): nothing held.
+        unlocked[UNLOCKED - 1].get()?;
         let stores = read(&self.shared.stores);
         spec.get(&**stores.get(&id)?, key)
     }
@@ -219,7 +235,12 @@ impl LocalTier {
             if stores.contains_key(&id) {
                 return;
             }
-            stores.insert(id, spec.make());
+            let store = spec.make();
+            stores.insert(id, store.clone());
+            if let Some(slot) = self.shared.unlocked.iter().find(|s| s.get().is_none()) {
+                // Slots are set only here, under the write lock: this one is still free.
+                let _ = slot.set((id, store));
+            }
         }
         let changed = {
             let mut prefixes = lock(&self.shared.prefixes);
@@ -344,6 +365,42 @@ impl TierShared {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn every_store_is_found_past_the_unlocked_ones() {
+        let second = Duration::from_secs(1);
+        let timing = Timing {
+            connect: second,
+            response: second,
+            heartbeat: second,
+            retry: second,
+        };
+        let tier = LocalTier::new(Source::Unavailable("test"), timing);
+        tier.shared.guard.go_live();
+        let spec = LocalSpec::<u64>::new(10);
+        let ids: Vec<StoreId> = (0..UNLOCKED as u32 + 4)
+            .map(|i| (&*Box::leak(format!("t{i}:<id>").into_boxed_str()), i % 3))
+            .collect();
+        for (n, &id) in ids.iter().enumerate() {
+            let ticket = tier.ticket(id, &spec, || id.0.as_bytes().to_vec(), b"k");
+            let ticket = ticket.expect("live");
+            assert!(tier.keep(
+                id,
+                &spec,
+                ticket,
+                b"k",
+                &(n as u64),
+                Duration::from_secs(60)
+            ));
+        }
+        for (n, &id) in ids.iter().enumerate() {
+            assert_eq!(tier.get(id, &spec, b"k"), Some(n as u64), "store {n}");
+            // Found by content, as the map finds it.
+            let copy: &'static str = Box::leak(id.0.to_owned().into_boxed_str());
+            assert_eq!(tier.get((copy, id.1), &spec, b"k"), Some(n as u64));
+        }
+        assert_eq!(tier.get(("other:<id>", 0), &spec, b"k"), None);
+    }
 
     #[test]
     fn store_ids_hash_by_content_not_address() {
