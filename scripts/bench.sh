@@ -2,7 +2,7 @@
 # Runs a benchmark on a machine that has nothing but Rust: installs redis-server (with
 # redis-benchmark) with apt-get when missing; the benches start their own throwaway server.
 #
-# Usage: bash scripts/bench.sh [side_by_side|herd|micro] [args for the bench]
+# Usage: bash scripts/bench.sh [side_by_side|herd|micro|local] [args for the bench]
 set -euo pipefail
 SCRIPT=bench.sh
 # shellcheck source=scripts/lib.sh

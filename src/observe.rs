@@ -64,6 +64,18 @@ impl ByStrategy {
         counters
     }
 
+    /// Runs `f` on the counters of `name` under the read lock, without cloning them out: for
+    /// a local hit, which counts once and does not await.
+    pub(crate) fn with<R>(&self, name: &'static str, f: impl FnOnce(&Counters) -> R) -> R {
+        {
+            let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = maps.by_address.get(&address(name)) {
+                return f(c);
+            }
+        }
+        f(&self.of(name))
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<Stats> {
         let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
         maps.by_name.get(name).map(|c| c.snapshot())
@@ -142,6 +154,15 @@ impl Outcome {
     }
 }
 
+/// A fetch the local tier answered: a hit and a local hit (a snapshot's `hits` include
+/// `local_hits`), counted without an [`Op`], whose set-up would cost the hit as much again.
+pub(crate) fn local_hit(total: &Counters, by_strategy: &ByStrategy, name: &'static str) {
+    total.add(Event::LocalHit, 1);
+    by_strategy.with(name, |own| own.add(Event::LocalHit, 1));
+    #[cfg(feature = "metrics")]
+    metrics_out::event(name, Event::LocalHit, 1);
+}
+
 /// One fetch (or `fetch_many`) of one strategy: counts each event in the cache's totals and
 /// in the strategy's own counters (and its metrics), and keeps the outcome for the span.
 pub(crate) struct Op<'a> {
@@ -171,9 +192,10 @@ impl<'a> Op<'a> {
         }
         self.total.add(event, n);
         self.own.add(event, n);
-        let outcome = Outcome::of(event);
-        if outcome != Outcome::None {
-            self.outcome.fetch_max(outcome as u8, Ordering::Relaxed);
+        let outcome = Outcome::of(event) as u8;
+        // Most events do not raise the outcome: skip the read-modify-write then.
+        if outcome > self.outcome.load(Ordering::Relaxed) {
+            self.outcome.fetch_max(outcome, Ordering::Relaxed);
         }
         #[cfg(feature = "metrics")]
         metrics_out::event(self.name, event, n);
@@ -235,12 +257,9 @@ pub(crate) struct Finish<'a> {
 }
 
 impl<'a> Finish<'a> {
-    pub(crate) fn new(span: &'a tracing::Span, op: &'a Op<'a>) -> Self {
-        Finish {
-            span,
-            op,
-            started: clock(span),
-        }
+    /// `started`: [`clock`] of `span`, when the fetch began.
+    pub(crate) fn new(span: &'a tracing::Span, op: &'a Op<'a>, started: Option<Instant>) -> Self {
+        Finish { span, op, started }
     }
 }
 
@@ -309,6 +328,10 @@ mod metrics_out {
             Event::LocalMiss => "cacheobj_local_misses_total",
         };
         metrics::counter!(name, "strategy" => strategy).increment(n);
+        // A local hit is a hit: `Stats::hits` counts it, and so does this counter.
+        if event == Event::LocalHit {
+            metrics::counter!("cacheobj_hits_total", "strategy" => strategy).increment(n);
+        }
     }
 
     pub(super) fn load(strategy: &'static str, took: Duration) {
@@ -339,6 +362,17 @@ mod tests {
         assert_eq!(by.get("item").map(|s| s.hits), Some(2));
         let names: Vec<_> = by.all().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["item", "other"]);
+    }
+
+    #[test]
+    fn a_local_hit_is_a_hit_in_the_totals_and_the_strategys_figures() {
+        let (total, by) = (Counters::default(), ByStrategy::default());
+        Op::new(&total, &by, "item").bump(Event::Hit);
+        local_hit(&total, &by, "item");
+        local_hit(&total, &by, "item");
+        let (all, own) = (total.snapshot(), by.get("item").unwrap_or_default());
+        assert_eq!((all.hits, all.local_hits), (3, 2));
+        assert_eq!((own.hits, own.local_hits), (3, 2));
     }
 
     #[test]

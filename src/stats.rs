@@ -79,6 +79,9 @@ pub struct Stats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Hits answered by the backend. A local hit counts in `local_hits` only, and a snapshot's
+    /// `hits` adds the two: a local hit, which costs no round trip, pays one shared counter
+    /// here rather than two.
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) loads: AtomicU64,
@@ -140,7 +143,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
-            hits: get(&self.hits),
+            hits: get(&self.hits).saturating_add(get(&self.local_hits)),
             misses: get(&self.misses),
             loads: get(&self.loads),
             load_micros: get(&self.load_micros),

@@ -105,7 +105,8 @@ async fn a_local_hit_sends_nothing_to_redis() {
     let mut raw = support::raw_conn_to(&server.url()).await;
     let before = commands(&mut raw).await;
     let calls = AtomicUsize::new(0);
-    let hits = cache.stats().local_hits;
+    let (hits, all_hits) = (cache.stats().local_hits, cache.stats().hits);
+    let own_hits = cache.strategy_stats(&ITEM).hits;
     for _ in 0..1_000 {
         assert_eq!(
             fetch(&cache, &ITEM, 1, &calls, "other").await,
@@ -113,6 +114,10 @@ async fn a_local_hit_sends_nothing_to_redis() {
         );
     }
     assert_eq!(cache.stats().local_hits, hits + 1_000);
+    // Local hits are hits, in the totals and in the strategy's own figures.
+    assert_eq!(cache.stats().hits, all_hits + 1_000);
+    assert_eq!(cache.strategy_stats(&ITEM).hits, own_hits + 1_000);
+    assert_eq!(cache.strategy_stats(&ITEM).local_hits, hits + 1_000);
     // The INFO calls are not counted; nothing else reached the server.
     let after = commands(&mut raw).await;
     assert_eq!(

@@ -80,7 +80,6 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let op = &self.inner.op(strategy.strategy_name());
         let span = tracing::debug_span!(
             "cacheobj.fetch",
             strategy = strategy.strategy_name(),
@@ -88,9 +87,7 @@ impl Cache {
             load_us = Empty,
             elapsed_us = Empty,
         );
-        // Records the outcome however the fetch ends. The hit path runs outside the span: it
-        // logs nothing, and instrumenting it would move the whole fetch future once more.
-        let _finish = observe::Finish::new(&span, op);
+        let started_at = observe::clock(&span);
         let inner = &*self.inner;
         let local = match (&inner.local, strategy.local_spec()) {
             (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
@@ -98,32 +95,46 @@ impl Cache {
         };
         if let Some((tier, spec, id)) = &local {
             // Looked up under a key rendered into a reused buffer: a local hit allocates
-            // nothing but the clone it returns.
+            // nothing but the clone it returns. It awaits nothing, so it is counted without
+            // an `Op`.
             let found = tier.get_with(*id, spec, |buf| {
                 strategy.render_key(buf, &inner.prefix, key).is_ok()
                     && buf.len() <= inner.max_key_len
             });
             if let Some(value) = found {
-                op.bump(Event::Hit);
-                op.bump(Event::LocalHit);
-                // A local hit completes without waiting on anything: a task looping on them
-                // would hold its worker thread, and the tracking connections' readers (which
-                // apply Redis's invalidations) could not run. Taking a unit of tokio's
-                // cooperative budget makes such a loop yield now and then.
+                observe::local_hit(
+                    &inner.counters,
+                    &inner.by_strategy,
+                    strategy.strategy_name(),
+                );
+                observe::finish(&span, started_at, "hit");
+                // A task looping on local hits would hold its worker thread, and the tracking
+                // connections' readers (which apply Redis's invalidations) could not run:
+                // taking a unit of tokio's cooperative budget makes such a loop yield now and
+                // then.
                 tokio::task::consume_budget().await;
                 return Ok(value);
             }
-            op.bump(Event::LocalMiss);
         }
-        let entry = match self.render(strategy, key) {
+        let rendered = self.render(strategy, key);
+        if let Ok(entry) = &rendered {
+            // The rendered key may hold personal data: TRACE only.
+            tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
+        }
+        let op = &inner.op(strategy.strategy_name());
+        // Records the outcome however the fetch ends. The hit path runs outside the span: it
+        // logs nothing, and instrumenting it would move the whole fetch future once more.
+        let _finish = observe::Finish::new(&span, op, started_at);
+        let entry = match rendered {
             Ok(r) => r,
             Err(e) => {
                 op.fault(&Error::Key(e));
                 return op.load(loader).instrument(span.clone()).await;
             }
         };
-        // The rendered key may hold personal data: TRACE only.
-        tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");
+        if local.is_some() {
+            op.bump(Event::LocalMiss);
+        }
         let loc = entry.loc();
         let codec = strategy.value_codec();
         let early = strategy.early_refresh_ms() > 0

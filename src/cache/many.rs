@@ -149,7 +149,7 @@ impl Cache {
                 }
             }
         }
-        op.add(Event::Hit, values.len() as u64);
+        // Local hits count in `local_hits`, which `hits` includes.
         op.add(Event::LocalHit, values.len() as u64);
         Some(values)
     }

@@ -15,6 +15,7 @@ mod store;
 mod tracking;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -31,6 +32,56 @@ use crate::lock::{lock, read, write};
 /// A strategy's store is found by its key template and version.
 type StoreId = (&'static str, u32);
 
+/// The stores by id. Every local lookup finds its store here, so the map hashes with FxHash's
+/// step, 8 bytes at a time, rather than SipHash (a third of a local hit's own work): its keys
+/// are the strategies' templates, consts of the program, not input that could be chosen to
+/// collide.
+type Stores = HashMap<StoreId, Arc<dyn AnyStore>, BuildHasherDefault<IdHasher>>;
+
+/// The first stores registered are also found here, without a lock: a local hit's lookup then
+/// costs no read-modify-write of a lock shared by every thread.
+const UNLOCKED: usize = 16;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 /// The local tier of one [`Cache`](crate::Cache) and its clones.
 #[derive(Debug)]
 pub(crate) struct LocalTier {
@@ -43,7 +94,10 @@ pub(crate) struct LocalTier {
 /// What the tier and its tracking connections share.
 pub(crate) struct TierShared {
     guard: Guard,
-    stores: RwLock<HashMap<StoreId, Arc<dyn AnyStore>>>,
+    stores: RwLock<Stores>,
+    /// The first [`UNLOCKED`] stores again, in the order registered, each set once under the
+    /// write lock of `stores`.
+    unlocked: [OnceLock<(StoreId, Arc<dyn AnyStore>)>; UNLOCKED],
     /// The key prefixes tracked: those of the local strategies used so far.
     prefixes: Mutex<Vec<Vec<u8>>>,
     /// Wakes the tracking task: a loss, or a new prefix.
@@ -83,7 +137,8 @@ impl LocalTier {
         LocalTier {
             shared: Arc::new(TierShared {
                 guard: Guard::new(),
-                stores: RwLock::new(HashMap::new()),
+                stores: RwLock::new(Stores::default()),
+                unlocked: std::array::from_fn(|_| OnceLock::new()),
                 prefixes: Mutex::new(Vec::new()),
                 wake: Arc::new(tokio::sync::Notify::new()),
                 session: Mutex::new(SessionState::default()),
@@ -102,6 +157,14 @@ impl LocalTier {
         if !self.shared.guard.is_live() {
             return None;
         }
+        let unlocked = &self.shared.unlocked;
+        for (sid, store) in unlocked.iter().map_while(OnceLock::get) {
+            if sid.1 == id.1 && sid.0 == id.0 {
+                return spec.get(&**store, key);
+            }
+        }
+        // With a slot still free, the store is not registered (yet): nothing held.
+        unlocked[UNLOCKED - 1].get()?;
         let stores = read(&self.shared.stores);
         spec.get(&**stores.get(&id)?, key)
     }
@@ -204,7 +267,12 @@ impl LocalTier {
             if stores.contains_key(&id) {
                 return;
             }
-            stores.insert(id, spec.make());
+            let store = spec.make();
+            stores.insert(id, store.clone());
+            if let Some(slot) = self.shared.unlocked.iter().find(|s| s.get().is_none()) {
+                // Slots are set only here, under the write lock: this one is still free.
+                let _ = slot.set((id, store));
+            }
         }
         let changed = {
             let mut prefixes = lock(&self.shared.prefixes);
@@ -329,5 +397,68 @@ impl TierShared {
         if !self.fallback.swap(true, Ordering::Relaxed) {
             tracing::warn!("cacheobj: local tier off, reads go to Redis: {why}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn every_store_is_found_past_the_unlocked_ones() {
+        let second = Duration::from_secs(1);
+        let timing = Timing {
+            connect: second,
+            response: second,
+            heartbeat: second,
+            retry: second,
+        };
+        let tier = LocalTier::new(Source::Unavailable("test"), timing);
+        tier.shared.guard.go_live();
+        let spec = LocalSpec::<u64>::new(10);
+        let ids: Vec<StoreId> = (0..UNLOCKED as u32 + 4)
+            .map(|i| (&*Box::leak(format!("t{i}:<id>").into_boxed_str()), i % 3))
+            .collect();
+        for (n, &id) in ids.iter().enumerate() {
+            let ticket = tier.ticket(id, &spec, || id.0.as_bytes().to_vec(), b"k");
+            let ticket = ticket.expect("live");
+            assert!(tier.keep(
+                id,
+                &spec,
+                ticket,
+                b"k",
+                &(n as u64),
+                Duration::from_secs(60)
+            ));
+        }
+        for (n, &id) in ids.iter().enumerate() {
+            assert_eq!(tier.get(id, &spec, b"k"), Some(n as u64), "store {n}");
+            // Found by content, as the map finds it.
+            let copy: &'static str = Box::leak(id.0.to_owned().into_boxed_str());
+            assert_eq!(tier.get((copy, id.1), &spec, b"k"), Some(n as u64));
+        }
+        assert_eq!(tier.get(("other:<id>", 0), &spec, b"k"), None);
+    }
+
+    #[test]
+    fn store_ids_hash_by_content_not_address() {
+        let build = BuildHasherDefault::<IdHasher>::default();
+        let literal: &'static str = "item:<item_id>";
+        let copy: &'static str = Box::leak(String::from(literal).into_boxed_str());
+        assert_ne!(literal.as_ptr(), copy.as_ptr());
+        assert_eq!(
+            build.hash_one((literal, 3u32)),
+            build.hash_one((copy, 3u32))
+        );
+        assert_ne!(
+            build.hash_one((literal, 3u32)),
+            build.hash_one((literal, 4u32))
+        );
+        // Templates sharing their first 8 bytes, or differing only past them, still differ.
+        assert_ne!(
+            build.hash_one(("item:<item_id>", 0u32)),
+            build.hash_one(("item:<item_id>:x", 0u32))
+        );
     }
 }
