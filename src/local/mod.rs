@@ -420,6 +420,12 @@ mod tests {
         let ids: Vec<StoreId> = (0..UNLOCKED as u32 + 4)
             .map(|i| (&*Box::leak(format!("t{i}:<id>").into_boxed_str()), i % 3))
             .collect();
+        // Registering a strategy with a new prefix flushes the tier until tracking covers
+        // it: register them all first; no task tracks here, so go live again by hand.
+        for &id in &ids {
+            let _ = tier.ticket(id, &spec, || id.0.as_bytes().to_vec(), b"k");
+            tier.shared.guard.go_live();
+        }
         for (n, &id) in ids.iter().enumerate() {
             let ticket = tier.ticket(id, &spec, || id.0.as_bytes().to_vec(), b"k");
             let ticket = ticket.expect("live");

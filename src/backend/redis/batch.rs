@@ -7,16 +7,127 @@
 //! left, so each read still ends within the response timeout of its arrival, at the cost of one
 //! timer per batch instead of one per read.
 
+use std::future::Future;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use tokio::sync::oneshot;
 
 use super::breaker::Scope;
-use super::{key_cmd, RedisBackend};
+use super::{key_cmd, RedisBackend, Shared};
 use crate::error::Error;
 use crate::lock::lock;
+
+/// One kind of coalesced read: what a read returns, and how a batch of them goes out.
+pub(super) trait Batched: Sized + Send + 'static {
+    /// The batcher that coalesces this kind of read.
+    fn batcher(shared: &Shared) -> Option<&ReadBatcher<Self>>;
+
+    /// Sends one read alone.
+    fn one(backend: &RedisBackend, key: &[u8]) -> impl Future<Output = Result<Self, Error>> + Send;
+
+    /// Sends a batch within `left`; the replies in key order.
+    fn many(
+        backend: &RedisBackend,
+        keys: Vec<Vec<u8>>,
+        left: Duration,
+    ) -> impl Future<Output = Result<Vec<Self>, Error>> + Send;
+}
+
+/// A GET: batches go out as one MGET.
+impl Batched for Value {
+    fn batcher(shared: &Shared) -> Option<&ReadBatcher<Value>> {
+        shared.batcher.as_ref()
+    }
+
+    async fn one(backend: &RedisBackend, key: &[u8]) -> Result<Value, Error> {
+        backend
+            .cmd(Scope::Key(key), key_cmd("GET", key, None))
+            .await
+    }
+
+    async fn many(
+        backend: &RedisBackend,
+        keys: Vec<Vec<u8>>,
+        left: Duration,
+    ) -> Result<Vec<Value>, Error> {
+        let mut cmd = redis::cmd("MGET");
+        for key in &keys {
+            cmd.arg(&key[..]);
+        }
+        let reply = backend
+            .run_unchecked(Scope::Any, left, |mut c| async move {
+                cmd.query_async::<Value>(&mut c).await
+            })
+            .await?;
+        match reply {
+            Value::Array(items) => Ok(items),
+            _ => Err(Error::UnexpectedReply("MGET reply")),
+        }
+    }
+}
+
+/// A GET with the key's PTTL, for a read whose value may enter the local tier (which must not
+/// keep it longer than Redis does): batches go out as one pipeline of an MGET and the PTTLs.
+#[derive(Debug)]
+pub(crate) struct WithTtl {
+    pub(crate) value: Value,
+    pub(crate) pttl: Value,
+}
+
+impl Batched for WithTtl {
+    fn batcher(shared: &Shared) -> Option<&ReadBatcher<WithTtl>> {
+        shared.ttl_batcher.as_ref()
+    }
+
+    async fn one(backend: &RedisBackend, key: &[u8]) -> Result<WithTtl, Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let replies = backend
+            .run(Scope::Key(key), |mut c| async move {
+                pipe.query_async::<Vec<Value>>(&mut c).await
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        match (replies.next(), replies.next()) {
+            (Some(value), Some(pttl)) => Ok(WithTtl { value, pttl }),
+            _ => Err(Error::UnexpectedReply("GET and PTTL replies")),
+        }
+    }
+
+    async fn many(
+        backend: &RedisBackend,
+        keys: Vec<Vec<u8>>,
+        left: Duration,
+    ) -> Result<Vec<WithTtl>, Error> {
+        let mut pipe = redis::pipe();
+        let mget = pipe.cmd("MGET");
+        for key in &keys {
+            mget.arg(&key[..]);
+        }
+        for key in &keys {
+            pipe.cmd("PTTL").arg(&key[..]);
+        }
+        let replies = backend
+            .run_unchecked(Scope::Any, left, |mut c| async move {
+                pipe.query_async::<Vec<Value>>(&mut c).await
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        let Some(Value::Array(values)) = replies.next() else {
+            return Err(Error::UnexpectedReply("MGET reply"));
+        };
+        if values.len() != keys.len() || replies.len() != keys.len() {
+            return Err(Error::UnexpectedReply("MGET and PTTL replies"));
+        }
+        Ok(values
+            .into_iter()
+            .zip(replies)
+            .map(|(value, pttl)| WithTtl { value, pttl })
+            .collect())
+    }
+}
 
 /// How many reads (GETs or MGET batches) may be on the wire at once before further reads queue
 /// for the next batch.
@@ -24,12 +135,12 @@ pub(super) const READS_IN_FLIGHT: usize = 2;
 
 /// Holds one of the reads in flight; hands queued reads to a batch when the read ends or is
 /// cancelled.
-struct ReadPermit<'a> {
+struct ReadPermit<'a, T: Batched> {
     backend: &'a RedisBackend,
-    batcher: &'a ReadBatcher<Value>,
+    batcher: &'a ReadBatcher<T>,
 }
 
-impl Drop for ReadPermit<'_> {
+impl<T: Batched> Drop for ReadPermit<'_, T> {
     fn drop(&mut self) {
         if let Some(batch) = self.batcher.next_or_release() {
             match tokio::runtime::Handle::try_current() {
@@ -45,8 +156,8 @@ impl Drop for ReadPermit<'_> {
 impl RedisBackend {
     /// Sends batches of queued reads until no more queue up, then frees the permit. Each batch
     /// gets what is left of the response timeout of its oldest read.
-    pub(super) async fn run_batches(self, mut batch: ReadBatch<Value>) {
-        let Some(batcher) = &self.shared.batcher else {
+    pub(super) async fn run_batches<T: Batched>(self, mut batch: ReadBatch<T>) {
+        let Some(batcher) = T::batcher(&self.shared) else {
             deliver(batch.reads, Err(Failure::Unavailable));
             return;
         };
@@ -57,20 +168,12 @@ impl RedisBackend {
             } else if self.shared.breaker.is_open(Scope::Any) {
                 Err(Failure::Unavailable)
             } else {
-                let mut cmd = redis::cmd("MGET");
-                for (key, _) in &batch.reads {
-                    cmd.arg(&key[..]);
-                }
-                let reply = self
-                    .run_unchecked(Scope::Any, left, |mut c| async move {
-                        cmd.query_async::<Value>(&mut c).await
-                    })
-                    .await;
-                match reply {
-                    Ok(Value::Array(items)) => Ok(items),
-                    Ok(_) => Err(Failure::Unexpected("MGET reply")),
+                let keys = batch.reads.iter().map(|(key, _)| key.clone()).collect();
+                match T::many(&self, keys, left).await {
+                    Ok(items) => Ok(items),
                     Err(Error::Timeout(_)) => Err(Failure::Timeout),
                     Err(Error::Unavailable) => Err(Failure::Unavailable),
+                    Err(Error::UnexpectedReply(what)) => Err(Failure::Unexpected(what)),
                     Err(e) => Err(Failure::Failed(e.to_string())),
                 }
             };
@@ -88,8 +191,18 @@ impl RedisBackend {
 
     /// GET through the batcher: at once when a read permit is free, else in the next MGET.
     pub(super) async fn get(&self, key: &[u8]) -> Result<Value, Error> {
-        let Some(batcher) = &self.shared.batcher else {
-            return self.cmd(Scope::Key(key), key_cmd("GET", key, None)).await;
+        self.coalesced(key).await
+    }
+
+    /// GET and PTTL through their batcher: at once when a read permit is free, else in the
+    /// next pipeline of an MGET and the PTTLs.
+    pub(super) async fn get_with_ttl(&self, key: &[u8]) -> Result<WithTtl, Error> {
+        self.coalesced(key).await
+    }
+
+    async fn coalesced<T: Batched>(&self, key: &[u8]) -> Result<T, Error> {
+        let Some(batcher) = T::batcher(&self.shared) else {
+            return T::one(self, key).await;
         };
         if self.shared.breaker.is_open(Scope::Key(key)) {
             return Err(Error::Unavailable);
@@ -100,7 +213,7 @@ impl RedisBackend {
                     backend: self,
                     batcher,
                 };
-                self.cmd(Scope::Key(key), key_cmd("GET", key, None)).await
+                T::one(self, key).await
             }
             // No timer here: the batch that carries this read ends within the response
             // timeout of its arrival (see `run_batches`).

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use redis::{Cmd, RedisResult, Script, Value};
 
-use self::batch::{ReadBatcher, READS_IN_FLIGHT};
+use self::batch::{ReadBatcher, WithTtl, READS_IN_FLIGHT};
 use self::breaker::{Breaker, Scope};
 use self::conn::{Rebuild, RedisConn};
 use crate::error::{is_connection_error, Error};
@@ -55,6 +55,8 @@ struct Shared {
     probing: AtomicBool,
     /// Coalesces concurrent GETs into MGETs; not on a cluster, where MGET splits by slot.
     batcher: Option<ReadBatcher<Value>>,
+    /// The same for the GET+PTTL reads of local-tier strategies (an MGET and the PTTLs).
+    ttl_batcher: Option<ReadBatcher<WithTtl>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -91,6 +93,7 @@ impl RedisBackend {
         RedisBackend {
             shared: Arc::new(Shared {
                 batcher: (!is_cluster).then(|| ReadBatcher::new(READS_IN_FLIGHT)),
+                ttl_batcher: (!is_cluster).then(|| ReadBatcher::new(READS_IN_FLIGHT)),
                 conn: RwLock::new(conn),
                 rebuild,
                 last_rebuild_ms: AtomicU64::new(0),

@@ -77,18 +77,9 @@ impl RedisBackend {
     }
 
     pub(crate) async fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(loc.key).cmd("PTTL").arg(loc.key);
-        let replies = self
-            .run(Scope::Key(loc.key), |mut c| async move {
-                pipe.query_async::<Vec<Value>>(&mut c).await
-            })
-            .await?;
-        let mut replies = replies.into_iter();
-        let value = replies.next().unwrap_or(Value::Nil);
-        let ttl = replies.next().as_ref().and_then(into_i64);
-        let ttl = ttl.and_then(|t| u64::try_from(t).ok());
-        Ok((string_lookup(value), ttl))
+        let read = self.get_with_ttl(loc.key).await?;
+        let ttl = into_i64(&read.pttl).and_then(|t| u64::try_from(t).ok());
+        Ok((string_lookup(read.value), ttl))
     }
 
     pub(crate) async fn acquire(
