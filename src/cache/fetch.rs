@@ -108,11 +108,7 @@ impl Cache {
                     strategy.strategy_name(),
                 );
                 observe::finish(&span, started_at, "hit");
-                // A task looping on local hits would hold its worker thread, and the tracking
-                // connections' readers (which apply Redis's invalidations) could not run:
-                // taking a unit of tokio's cooperative budget makes such a loop yield now and
-                // then.
-                tokio::task::consume_budget().await;
+                crate::local::pace().await;
                 return Ok(value);
             }
         }
