@@ -43,7 +43,7 @@ pub(crate) async fn pace() {
         hits.set(n);
         n
     });
-    if n % 8 == 0 {
+    if n.is_multiple_of(8) {
         tokio::task::consume_budget().await;
     }
 }
