@@ -27,7 +27,8 @@ fn should_refresh(ttl_ms: Option<u64>, delta_ms: u64) -> bool {
 }
 
 impl Cache {
-    /// Reads the value, or runs `loader` and caches what it returns.
+    /// Reads the value, or runs `loader` and caches what it returns. A strategy with a local
+    /// tier ([`Strategy::local`]) answers from process memory when it holds the value.
     ///
     /// Fails open: when the cache cannot be used (Redis down, slow past the response timeout,
     /// refusing; a key that does not render; a value that does not encode) the loader runs and
