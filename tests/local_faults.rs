@@ -753,39 +753,57 @@ fn text(value: redis::Value) -> String {
     redis::from_redis_value(value).expect("a text reply")
 }
 
-/// The port of the master serving `raw_key`, and that master's node id.
+/// The port of the master serving `raw_key`, and that master's node id. Asks until the node
+/// asked agrees: right after the replicas are attached, a node can still list a replica as the
+/// owner of its old master's slots (seen on Valkey 8.1).
 fn owner_of(cluster: &RedisCluster, raw_key: &[u8]) -> (u16, String) {
     let port = cluster.live_ports()[0];
     let slot: i64 = redis::from_redis_value(
         query(port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(raw_key)).expect("KEYSLOT"),
     )
     .expect("a slot");
-    let owner = cluster
-        .masters()
-        .into_iter()
-        .find(|m| {
+    let started = Instant::now();
+    loop {
+        let owner = cluster.masters().into_iter().find(|m| {
             m.slots
                 .iter()
                 .any(|&(a, b)| (i64::from(a)..=i64::from(b)).contains(&slot))
-        })
-        .unwrap_or_else(|| panic!("no master serves slot {slot}: {}", cluster.describe()));
-    (owner.port, owner.id)
+        });
+        if let Some(owner) = owner {
+            return (owner.port, owner.id);
+        }
+        assert!(
+            started.elapsed() < LIVE,
+            "no master serves slot {slot}: {}",
+            cluster.describe()
+        );
+        std::thread::yield_now();
+    }
 }
 
-/// The port of a replica of the master `master_id`.
+/// The port of a replica of the master `master_id`, asked until the node asked lists one (its
+/// view can lag right after the replicas are attached).
 fn replica_of(cluster: &RedisCluster, master_id: &str) -> u16 {
     let port = cluster.live_ports()[0];
-    let replicas: Vec<String> = redis::from_redis_value(
-        query(port, redis::cmd("CLUSTER").arg("REPLICAS").arg(master_id)).expect("REPLICAS"),
-    )
-    .expect("lines");
-    replicas
-        .iter()
-        .find_map(|line| {
+    let started = Instant::now();
+    loop {
+        let replicas: Vec<String> = redis::from_redis_value(
+            query(port, redis::cmd("CLUSTER").arg("REPLICAS").arg(master_id)).expect("REPLICAS"),
+        )
+        .expect("lines");
+        let found = replicas.iter().find_map(|line| {
             let addr = line.split_whitespace().nth(1)?.split('@').next()?;
             addr.rsplit(':').next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("master {master_id} has no replica: {replicas:?}"))
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            started.elapsed() < LIVE,
+            "master {master_id} has no replica: {replicas:?}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// How many tracking (BCAST) clients each live node has, by port.
