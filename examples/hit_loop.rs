@@ -1,7 +1,10 @@
 //! A loop of cache hits, for profilers and instruction counters: `fetch` of 1000 pre-filled
 //! items (`cacheobj`), the same reads written by hand with redis-rs (GET + rmp-serde decode,
 //! `raw`), `fetch` of a strategy whose local tier holds them (`local`), or moka used the way a
-//! user would, a `future::Cache<String, Item>` keyed by the key formatted per call (`moka`), from
+//! user would, a `future::Cache<String, Item>` keyed by the key formatted per call (`moka`), or
+//! reads that miss a local tier far smaller than the items and go to Redis (`local-miss`), or
+//! miss a tier with room and are kept (`kept-miss`: copies live 1 ms), against the same reads
+//! of the strategy without a local tier (`plain-miss`), from
 //! `HIT_LOOP_TASKS` tasks (default 1), `HIT_LOOP_HITS` hits each (default 100,000). Prints
 //! the hits and the time they took. Needs a Redis at `HIT_LOOP_URL`; `scripts/instructions_per_hit.sh` starts a
 //! throwaway one and counts instructions per hit with callgrind.
@@ -11,6 +14,9 @@
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- raw
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- local
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- moka
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- local-miss
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- kept-miss
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- plain-miss
 //! ```
 
 use std::convert::Infallible;
@@ -23,6 +29,13 @@ use cacheobj_strategies::{Item, ItemKey, ITEM};
 
 /// `ITEM` with a local tier: the same entries, answered from process memory.
 const LOCAL_ITEM: Strategy<Item, ItemKey> = ITEM.local(2 * ITEMS);
+/// `ITEM` with a local tier that holds few of the items: most reads miss it and go to Redis.
+const SMALL_LOCAL_ITEM: Strategy<Item, ItemKey> = ITEM.local(16);
+/// `ITEM` with room for every item but copies that live 1 ms: each read of the loop, which
+/// comes back to an item long after that, misses, reads Redis, and is kept.
+const BRIEF_LOCAL_ITEM: Strategy<Item, ItemKey> = ITEM
+    .local(4 * ITEMS)
+    .local_ttl(std::time::Duration::from_millis(1));
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -30,6 +43,9 @@ enum Mode {
     Raw,
     Local,
     Moka,
+    LocalMiss,
+    KeptMiss,
+    PlainMiss,
 }
 
 const ITEMS: u64 = 1000;
@@ -51,8 +67,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("raw") => Mode::Raw,
         Some("local") => Mode::Local,
         Some("moka") => Mode::Moka,
+        Some("local-miss") => Mode::LocalMiss,
+        Some("kept-miss") => Mode::KeptMiss,
+        Some("plain-miss") => Mode::PlainMiss,
         Some(other) => {
-            return Err(format!("unknown mode {other:?}: cacheobj, raw, local or moka").into())
+            return Err(format!(
+                "unknown mode {other:?}: cacheobj, raw, local, moka, local-miss, kept-miss or plain-miss"
+            )
+            .into())
         }
     };
     let tasks = env_or("HIT_LOOP_TASKS", 1)?;
@@ -94,7 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 moka.insert(format!("{PREFIX}item:{item_id}"), item).await;
             }
         }
-        Mode::Cacheobj | Mode::Raw => {}
+        Mode::Cacheobj | Mode::Raw | Mode::PlainMiss => {}
+        Mode::LocalMiss | Mode::KeptMiss => wait_live(&cache).await?,
     }
 
     // From here on, a `local` loop's reads must all be local hits.
@@ -122,11 +145,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .get(&format!("{PREFIX}item:{item_id}"))
                         .await
                         .ok_or("a hit loop missed")?,
-                    Mode::Cacheobj | Mode::Local => {
-                        let strategy = if mode == Mode::Local {
-                            &LOCAL_ITEM
-                        } else {
-                            &ITEM
+                    Mode::Cacheobj
+                    | Mode::Local
+                    | Mode::LocalMiss
+                    | Mode::KeptMiss
+                    | Mode::PlainMiss => {
+                        let strategy = match mode {
+                            Mode::Local => &LOCAL_ITEM,
+                            Mode::LocalMiss => &SMALL_LOCAL_ITEM,
+                            Mode::KeptMiss => &BRIEF_LOCAL_ITEM,
+                            _ => &ITEM,
                         };
                         cache
                             .fetch(strategy, &ItemKey { item_id }, || async {
@@ -154,6 +182,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Raw => "raw",
         Mode::Local => "local",
         Mode::Moka => "moka",
+        Mode::LocalMiss => "local-miss",
+        Mode::KeptMiss => "kept-miss",
+        Mode::PlainMiss => "plain-miss",
     };
     let hits = hits.load(Ordering::Relaxed);
     let took = started.elapsed();
@@ -163,6 +194,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         hits as f64 / took.as_secs_f64()
     );
     Ok(())
+}
+
+/// Waits until the local tier is live and tracks `ITEM`'s prefix.
+async fn wait_live(cache: &Cache) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        cache
+            .fetch(&SMALL_LOCAL_ITEM, &ItemKey { item_id: 1 }, || async {
+                Err::<Item, _>("a warm-up read missed")
+            })
+            .await?;
+        if cache.local_len(&SMALL_LOCAL_ITEM) > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the local tier never went live: {:?}", cache.stats()).into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits until the local tier is live, then reads every item until the tier holds them all.

@@ -343,8 +343,12 @@ macro_rules! local_kinds {
             /// [`DEFAULT_LOCAL_TTL`]) and never longer than the Redis entry's TTL had left.
             /// `max_entries` bounds the entries (or, with
             /// [`local_weigher`](Self::local_weigher), their total weight); moka evicts the
-            /// least useful. For a value that is costly to clone, cache an `Arc<T>`: a local
-            /// hit then costs one reference count.
+            /// least useful. While the tier has room, every value read from Redis is kept.
+            /// Once it is full, a key's first miss reads Redis as a strategy without a local
+            /// tier does (no TTL read, no insert), and its second miss within a window of about
+            /// ten times `max_entries` misses is kept: a scan of many keys costs what it costs
+            /// without the tier, and does not push out the keys read often. For a value that is
+            /// costly to clone, cache an `Arc<T>`: a local hit then costs one reference count.
             ///
             /// Only [`Obj`] and [`Counter`] strategies have a local tier. On the embedded
             /// backend it is not used: that store is already in process.

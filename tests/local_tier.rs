@@ -27,6 +27,10 @@ const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id
     .expire(600)
     .local(1_000);
 
+/// A tier of four entries, and the same entries without a tier (to fill them).
+const TINY: Strategy<Item, ItemKey> = Strategy::obj("tiny:<item_id>").expire(600).local(4);
+const TINY_PLAIN: Strategy<Item, ItemKey> = Strategy::obj("tiny:<item_id>").expire(600);
+
 const LIVE: Duration = Duration::from_secs(20);
 
 fn item(id: u64, name: &str) -> Item {
@@ -88,6 +92,20 @@ async fn commands(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
         .sum()
 }
 
+/// `INFO commandstats` calls of one command.
+async fn calls_of(conn: &mut impl redis::aio::ConnectionLike, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let head = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|c| c.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn private_cache(server: &RedisServer, test: &str) -> Cache {
     let config = CacheConfig::builder()
         .url(server.url())
@@ -95,6 +113,39 @@ async fn private_cache(server: &RedisServer, test: &str) -> Cache {
         .response_timeout(Duration::from_secs(2))
         .build();
     Cache::connect(config).await.expect("connect")
+}
+
+#[tokio::test]
+async fn a_full_tier_keeps_a_key_from_its_second_miss_on() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_full").await;
+    for id in 1..=4 {
+        warm(&cache, &TINY, id, "held").await;
+    }
+    assert_eq!(cache.local_len(&TINY), 4, "{:?}", cache.stats());
+    let calls = AtomicUsize::new(0);
+    fetch(&cache, &TINY_PLAIN, 5, &calls, "new").await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the fill of key 5");
+    let mut raw = support::raw_conn_to(&server.url()).await;
+
+    // Its first miss reads Redis as a strategy without a tier does: no PTTL.
+    let (pttl, misses) = (calls_of(&mut raw, "pttl").await, cache.stats().local_misses);
+    assert_eq!(fetch(&cache, &TINY, 5, &calls, "x").await, item(5, "new"));
+    assert_eq!(cache.stats().local_misses, misses + 1);
+    assert_eq!(
+        calls_of(&mut raw, "pttl").await,
+        pttl,
+        "a first miss read the TTL"
+    );
+    // Its second reads the TTL, to be kept; moka decides what it pushes out.
+    assert_eq!(fetch(&cache, &TINY, 5, &calls, "x").await, item(5, "new"));
+    assert_eq!(
+        calls_of(&mut raw, "pttl").await,
+        pttl + 1,
+        "a second miss was not kept"
+    );
+    assert!(cache.local_len(&TINY) <= 4, "the bound holds");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no load but the fill");
 }
 
 #[tokio::test]

@@ -153,8 +153,8 @@ impl Cache {
             let prefix = || [&inner.prefix[..], head.as_bytes()].concat();
             tier.ticket(*id, spec, prefix, &entry.key)
         });
-        // A local copy must not outlive the entry: local strategies read its TTL too.
-        let read = if early || local.is_some() {
+        // A local copy must not outlive the entry: a read that may be kept reads its TTL too.
+        let read = if early || ticket.is_some() {
             inner.backend.read_with_ttl(loc).await
         } else {
             inner.backend.read(loc).await.map(|l| (l, None))

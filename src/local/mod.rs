@@ -2,6 +2,7 @@
 //! process memory, kept coherent with Redis by Redis itself.
 //!
 //! - `store`: one strategy's moka cache, and the typed operations its spec carries;
+//! - `admission`: which reads may enter a full store;
 //! - `guard`: which reads may be kept (per-key epochs, flushes);
 //! - `tracking`: the connections that receive Redis's invalidations, and their losses.
 //!
@@ -10,6 +11,7 @@
 //! Fills are not kept: this process's own fill is announced back to it (BCAST tells every
 //! tracking connection of every write), so the next read keeps the value instead.
 
+mod admission;
 mod guard;
 mod store;
 mod tracking;
@@ -176,16 +178,21 @@ impl LocalTier {
         if !self.shared.guard.is_live() {
             return None;
         }
+        self.with_store(id, |store| spec.get(store, key))?
+    }
+
+    /// Runs `f` on the store of strategy `id`, if it is registered.
+    fn with_store<R>(&self, id: StoreId, f: impl FnOnce(&dyn AnyStore) -> R) -> Option<R> {
         let unlocked = &self.shared.unlocked;
         for (sid, store) in unlocked.iter().map_while(OnceLock::get) {
             if sid.1 == id.1 && sid.0 == id.0 {
-                return spec.get(&**store, key);
+                return Some(f(&**store));
             }
         }
-        // With a slot still free, the store is not registered (yet): nothing held.
+        // With a slot still free, the store is not registered (yet).
         unlocked[UNLOCKED - 1].get()?;
         let stores = read(&self.shared.stores);
-        spec.get(&**stores.get(&id)?, key)
+        Some(f(&**stores.get(&id)?))
     }
 
     /// The value under the key `render` writes into a buffer reused by this thread, if the
@@ -221,7 +228,9 @@ impl LocalTier {
     }
 
     /// A ticket for a read of `key` that may enter the tier; registers the strategy (and
-    /// starts tracking its prefix) on first use. `None` while the tier is not live.
+    /// starts tracking its prefix) on first use. `None` while the tier is not live, and for a
+    /// read its store does not admit (full, and the key not missed before): such a read is
+    /// a plain GET, as without the tier.
     pub(crate) fn ticket<V>(
         &self,
         id: StoreId,
@@ -229,8 +238,17 @@ impl LocalTier {
         prefix: impl FnOnce() -> Vec<u8>,
         key: &[u8],
     ) -> Option<Ticket> {
-        if !read(&self.shared.stores).contains_key(&id) {
-            self.register(id, spec, &prefix());
+        if !self.shared.guard.is_live() {
+            // Registered all the same: the tracking task starts with the first use.
+            if !read(&self.shared.stores).contains_key(&id) {
+                self.register(id, spec, &prefix());
+            }
+            return None;
+        }
+        match self.with_store(id, |store| store.admits(key)) {
+            Some(true) => {}
+            Some(false) => return None,
+            None => self.register(id, spec, &prefix()),
         }
         self.shared.guard.ticket(key)
     }

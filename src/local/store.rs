@@ -8,6 +8,8 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admission::{self, Doorkeeper};
+
 /// What a strategy's `.local(..)` declared, with the typed operations on its store.
 pub(crate) struct LocalSpec<V> {
     /// The bound: entries, or total weight when `weigher` is set.
@@ -61,6 +63,9 @@ pub(crate) trait AnyStore: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     fn invalidate(&self, key: &[u8]);
     fn clear(&self);
+    /// Whether a read of `key` may be kept: always while the store has room; once it is full,
+    /// only a key missed before (see `admission`).
+    fn admits(&self, key: &[u8]) -> bool;
     /// Entries held, after pending evictions ran (for stats and tests).
     fn entries(&self) -> u64;
 }
@@ -93,6 +98,8 @@ impl<V> moka::Expiry<Vec<u8>, Slot<V>> for SlotTtl {
 
 struct Store<V> {
     cache: moka::sync::Cache<Vec<u8>, Slot<V>>,
+    capacity: u64,
+    door: Doorkeeper,
 }
 
 impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
@@ -106,6 +113,11 @@ impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
 
     fn clear(&self) {
         self.cache.invalidate_all();
+    }
+
+    fn admits(&self, key: &[u8]) -> bool {
+        // moka's figure lags its pending work a little: near the bound, either answer is fine.
+        self.cache.weighted_size() < self.capacity || self.door.seen_before(admission::hash(key))
     }
 
     fn entries(&self) -> u64 {
@@ -124,7 +136,11 @@ fn make<V: Clone + Send + Sync + 'static>(spec: &LocalSpec<V>) -> Arc<dyn AnySto
             .build(),
         None => builder.build(),
     };
-    Arc::new(Store { cache })
+    Arc::new(Store {
+        cache,
+        capacity: spec.capacity,
+        door: Doorkeeper::new(spec.capacity),
+    })
 }
 
 fn get<V: Clone + Send + Sync + 'static>(store: &dyn AnyStore, key: &[u8]) -> Option<V> {
@@ -197,6 +213,19 @@ mod tests {
             "{} entries of weight 100",
             store.entries()
         );
+    }
+
+    #[test]
+    fn a_full_store_admits_a_key_on_its_second_miss() {
+        let spec = LocalSpec::<u64>::new(4);
+        let store = spec.make();
+        for i in 0..4u64 {
+            assert!(store.admits(&i.to_be_bytes()), "room: every read is kept");
+            spec.keep(&*store, &i.to_be_bytes(), &i, Duration::from_secs(60));
+        }
+        assert_eq!(store.entries(), 4);
+        assert!(!store.admits(b"new"), "full: a first miss is only marked");
+        assert!(store.admits(b"new"), "its second miss is kept");
     }
 
     #[test]
