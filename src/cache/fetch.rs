@@ -94,6 +94,7 @@ impl Cache {
             (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
             _ => None,
         };
+        let mut rendered_key = None;
         if let Some((tier, spec, id)) = &local {
             // Looked up under a key rendered into a reused buffer: a local hit allocates
             // nothing but the clone it returns. It awaits nothing, so it is counted without
@@ -102,18 +103,24 @@ impl Cache {
                 strategy.render_key(buf, &inner.prefix, key).is_ok()
                     && buf.len() <= inner.max_key_len
             });
-            if let Some(value) = found {
-                observe::local_hit(
-                    &inner.counters,
-                    &inner.by_strategy,
-                    strategy.strategy_name(),
-                );
-                observe::finish(&span, started_at, "hit");
-                crate::local::pace().await;
-                return Ok(value);
+            match found {
+                Ok(value) => {
+                    observe::local_hit(
+                        &inner.counters,
+                        &inner.by_strategy,
+                        strategy.strategy_name(),
+                    );
+                    observe::finish(&span, started_at, "hit");
+                    crate::local::pace().await;
+                    return Ok(value);
+                }
+                Err(key) => rendered_key = key,
             }
         }
-        let rendered = self.render(strategy, key);
+        let rendered = match rendered_key {
+            Some(out) => self.render_with(strategy, key, out),
+            None => self.render(strategy, key),
+        };
         if let Ok(entry) = &rendered {
             // The rendered key may hold personal data: TRACE only.
             tracing::trace!(key = %String::from_utf8_lossy(&entry.key), "cacheobj: fetch");

@@ -293,6 +293,16 @@ impl Cache {
     ) -> Result<Entry, KeyError> {
         let mut out = Vec::new();
         strategy.render_key(&mut out, &self.inner.prefix, key)?;
+        self.render_with(strategy, key, out)
+    }
+
+    /// [`render`](Self::render) for a Redis key `out` already rendered from `key`.
+    fn render_with<V, K: CacheKey, Kd: Kind>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &K,
+        out: Vec<u8>,
+    ) -> Result<Entry, KeyError> {
         let mut field = Vec::new();
         strategy.render_field(&mut field, key)?;
         let max = self.inner.max_key_len;

@@ -197,27 +197,31 @@ impl LocalTier {
 
     /// The value under the key `render` writes into a buffer reused by this thread, if the
     /// tier holds it and is live; `render` returns `false` for a key that does not render.
+    /// A miss gives back the key rendered, if it was, so the read that follows does not
+    /// render it again.
     pub(crate) fn get_with<V>(
         &self,
         id: StoreId,
         spec: &LocalSpec<V>,
         render: impl FnOnce(&mut Vec<u8>) -> bool,
-    ) -> Option<V> {
+    ) -> Result<V, Option<Vec<u8>>> {
         thread_local! {
             static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         if !self.shared.guard.is_live() {
-            return None;
+            return Err(None);
         }
         KEY.with(|key| {
             // Another borrow on this thread cannot be live (nothing here re-enters), but a
             // failed borrow only costs the local lookup, never a panic.
-            let mut key = key.try_borrow_mut().ok()?;
+            let Ok(mut key) = key.try_borrow_mut() else {
+                return Err(None);
+            };
             key.clear();
             let found = if render(&mut key) {
-                self.get(id, spec, &key)
+                self.get(id, spec, &key).ok_or_else(|| Some(key.clone()))
             } else {
-                None
+                Err(None)
             };
             // A huge key (from a caller's input, refused as too long) is not kept around.
             if key.capacity() > 4096 {
