@@ -117,7 +117,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Mode::Cacheobj | Mode::Raw | Mode::PlainMiss => {}
-        Mode::LocalMiss | Mode::KeptMiss => wait_live(&cache).await?,
+        Mode::LocalMiss => wait_live(&cache, &SMALL_LOCAL_ITEM).await?,
+        // One strategy per template and process: the first one used makes the store.
+        Mode::KeptMiss => wait_live(&cache, &BRIEF_LOCAL_ITEM).await?,
     }
 
     // From here on, a `local` loop's reads must all be local hits.
@@ -196,16 +198,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Waits until the local tier is live and tracks `ITEM`'s prefix.
-async fn wait_live(cache: &Cache) -> Result<(), Box<dyn std::error::Error>> {
+/// Waits until the local tier is live and tracks `ITEM`'s prefix: until `strategy` keeps a
+/// read (or, with copies that live 1 ms, reads the key's TTL to keep it).
+async fn wait_live(
+    cache: &Cache,
+    strategy: &Strategy<Item, ItemKey>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
     loop {
         cache
-            .fetch(&SMALL_LOCAL_ITEM, &ItemKey { item_id: 1 }, || async {
+            .fetch(strategy, &ItemKey { item_id: 1 }, || async {
                 Err::<Item, _>("a warm-up read missed")
             })
             .await?;
-        if cache.local_len(&SMALL_LOCAL_ITEM) > 0 {
+        if cache.local_len(strategy) > 0 || cache.local_live() {
             return Ok(());
         }
         if Instant::now() > deadline {

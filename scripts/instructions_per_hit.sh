@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Client instructions per cache hit, cacheobj `fetch` against hand-written redis-rs
-# (GET + rmp-serde decode), and a local-tier hit against moka (a formatted key per get),
+# (GET + rmp-serde decode), a local-tier hit against moka (a formatted key per get), and a
+# read that misses a local tier (full, so not kept; or kept) against the same read without one,
 # counted with callgrind: repeatable whatever else the machine is doing, unlike timings. Each
 # mode runs twice (10,000 and 30,000 hits under valgrind); the difference between the runs
 # cancels start-up and pre-filling, leaving 20,000 hits.
@@ -36,8 +37,11 @@ count() { # mode hits -> "instructions hits"
     echo "$ir $hits"
 }
 
+# The first run of the loop loads and fills the items; every counted run must find them there.
+HIT_LOOP_URL="redis://127.0.0.1:$port" HIT_LOOP_HITS=1 "$bin" cacheobj >/dev/null
+
 declare -A per_hit
-for mode in cacheobj raw local moka; do
+for mode in cacheobj raw local moka plain-miss local-miss kept-miss; do
     read -r ir1 hits1 < <(count "$mode" 10000)
     read -r ir2 hits2 < <(count "$mode" 30000)
     per_hit[$mode]=$(( (ir2 - ir1) / (hits2 - hits1) ))
@@ -47,3 +51,7 @@ awk -v a="${per_hit[cacheobj]}" -v b="${per_hit[raw]}" \
     'BEGIN { printf "ratio instructions_per_hit_vs_raw %.3f  # cacheobj / redis-rs by hand, lower is better\n", a / b }'
 awk -v a="${per_hit[local]}" -v b="${per_hit[moka]}" \
     'BEGIN { printf "ratio local_hit_vs_moka %.3f  # a local-tier hit / moka get with a formatted key, lower is better\n", a / b }'
+awk -v a="${per_hit[local-miss]}" -v b="${per_hit[plain-miss]}" \
+    'BEGIN { printf "ratio full_tier_miss_vs_no_local %.3f  # a miss of a full local tier (not kept) / the read without .local\n", a / b }'
+awk -v a="${per_hit[kept-miss]}" -v b="${per_hit[plain-miss]}" \
+    'BEGIN { printf "ratio kept_miss_vs_no_local %.3f  # a miss that is kept (GET+PTTL, insert) / the read without .local\n", a / b }'

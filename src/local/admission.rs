@@ -5,8 +5,9 @@
 //! window reads the TTL too and is kept (moka's TinyLFU then decides whether it stays). A scan
 //! or a one-off read of a full tier so costs what a read without the tier costs, instead of a
 //! PTTL, a clone and an insert that moka's admission would throw away at once: in
-//! `scripts/instructions_per_hit.sh`, a local miss into a full tier cost 2.7x the client
-//! instructions of the same read without `.local` before this doorkeeper.
+//! `scripts/instructions_per_hit.sh`, a miss of a full 16-entry tier over 1,000 keys cost
+//! about 29,700 client instructions before this doorkeeper and 17,250 after, against 15,970
+//! for the same read without `.local`.
 //!
 //! Marks are two bits of a bitset (a Bloom filter with two hashes); the set is cleared after
 //! `window` marks (ten per entry of the bound, as TinyLFU resets its counts), so a key counts
