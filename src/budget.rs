@@ -26,6 +26,12 @@ impl Started {
         }
     }
 
+    /// The time since the first request went out (`None` without a timeout: the embedded
+    /// backend, which reads no clock).
+    pub(crate) fn elapsed(&self) -> Option<Duration> {
+        self.at.map(|at| at.elapsed())
+    }
+
     /// The budget left once the first request has returned.
     pub(crate) fn budget(self) -> Budget {
         Budget {

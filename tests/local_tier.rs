@@ -31,6 +31,16 @@ const VIEWS: Strategy<i64, ItemKey, Counter> = Strategy::counter("views:<item_id
 const TINY: Strategy<Item, ItemKey> = Strategy::obj("tiny:<item_id>").expire(600).local(4);
 const TINY_PLAIN: Strategy<Item, ItemKey> = Strategy::obj("tiny:<item_id>").expire(600);
 
+/// Copies that could live an hour: only the Redis entry's TTL can end them sooner.
+const LONG: Strategy<Item, ItemKey> = Strategy::obj("long:<item_id>")
+    .expire(600)
+    .local(1_000)
+    .local_ttl(Duration::from_secs(3600));
+const LONG_COUNT: Strategy<i64, ItemKey, Counter> = Strategy::counter("longcount:<item_id>")
+    .expire(600)
+    .local(1_000)
+    .local_ttl(Duration::from_secs(3600));
+
 const LIVE: Duration = Duration::from_secs(20);
 
 fn item(id: u64, name: &str) -> Item {
@@ -564,4 +574,136 @@ async fn flushdb_drops_every_local_copy_and_the_tier_stays_live() {
     let calls = AtomicUsize::new(0);
     assert_eq!(fetch(&cache, &ITEM, 1, &calls, "new").await, item(1, "new"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Runs `cmd` on every node over `conns`; the replies of the nodes that took it (a cluster's
+/// other nodes answer MOVED).
+fn on_every_node(conns: &mut [redis::Connection], cmd: &redis::Cmd) -> Vec<redis::Value> {
+    tokio::task::block_in_place(|| {
+        conns
+            .iter_mut()
+            .filter_map(|conn| cmd.query::<redis::Value>(conn).ok())
+            .collect()
+    })
+}
+
+/// Checks, for an obj and a counter strategy whose copies could live an hour, that a copy ends
+/// with the Redis entry's TTL even when Redis announces nothing. The entry's TTL is cut to
+/// 3 s (announced: the copy goes), the value is read and kept again, then writes are paused
+/// (`CLIENT PAUSE WRITE`): Redis then expires no key, so nothing can send an invalidation, and
+/// only the copy's own TTL, taken from the entry's, can end it.
+async fn copies_die_with_the_entry(label: &str, cache: &Cache, conns: &mut [redis::Connection]) {
+    let key = ItemKey { item_id: 1 };
+    warm(cache, &LONG, 1, "old").await;
+    let load_count = || async { Ok::<_, std::io::Error>(5) };
+    let deadline = std::time::Instant::now() + LIVE;
+    while cache.strategy_stats(&LONG_COUNT).local_hits == 0 {
+        cache
+            .fetch(&LONG_COUNT, &key, load_count)
+            .await
+            .expect("count");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: no local counter hit"
+        );
+    }
+    for redis_key in [
+        entry_redis_key(cache, &LONG, &key),
+        entry_redis_key(cache, &LONG_COUNT, &key),
+    ] {
+        let replies = on_every_node(conns, redis::cmd("PEXPIRE").arg(&redis_key).arg(3_000));
+        assert!(
+            replies.contains(&redis::Value::Int(1)),
+            "{label}: PEXPIRE found no entry: {replies:?}"
+        );
+    }
+    wait_until(
+        &format!("{label}: the PEXPIREs are announced"),
+        LIVE,
+        || cache.local_len(&LONG) == 0 && cache.local_len(&LONG_COUNT) == 0,
+    )
+    .await;
+    warm(cache, &LONG, 1, "unused").await;
+    let unused = AtomicUsize::new(0);
+    assert_eq!(
+        fetch(cache, &LONG, 1, &unused, "unused").await,
+        item(1, "old"),
+        "{label}: the entry expired before it was kept again"
+    );
+    let hits = cache.strategy_stats(&LONG_COUNT).local_hits;
+    while cache.strategy_stats(&LONG_COUNT).local_hits == hits {
+        cache
+            .fetch(&LONG_COUNT, &key, load_count)
+            .await
+            .expect("count");
+        assert!(
+            std::time::Instant::now() < deadline + LIVE,
+            "{label}: no local counter hit"
+        );
+    }
+
+    let announced = cache.stats().local_invalidations;
+    let pause = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(30_000)
+        .arg("WRITE")
+        .clone();
+    assert_eq!(
+        on_every_node(conns, &pause).len(),
+        conns.len(),
+        "{label}: CLIENT PAUSE refused"
+    );
+    wait_until(
+        &format!("{label}: both copies end with the entry's TTL"),
+        LIVE,
+        || cache.local_len(&LONG) == 0 && cache.local_len(&LONG_COUNT) == 0,
+    )
+    .await;
+    let invalidations = cache.stats().local_invalidations;
+    on_every_node(conns, redis::cmd("CLIENT").arg("UNPAUSE"));
+    assert_eq!(
+        invalidations, announced,
+        "{label}: an invalidation came while writes were paused"
+    );
+
+    // Neither is served again: the entries expired, so both load.
+    let calls = AtomicUsize::new(0);
+    assert_eq!(fetch(cache, &LONG, 1, &calls, "new").await, item(1, "new"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "{label}: the expired obj was served"
+    );
+    let count = cache
+        .fetch(&LONG_COUNT, &key, || async { Ok::<_, std::io::Error>(9) })
+        .await
+        .expect("count");
+    assert_eq!(count, 9, "{label}: the expired counter was served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_ends_with_the_entry_even_when_redis_announces_nothing() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_ttl_silent").await;
+    let client = redis::Client::open(server.url()).expect("url");
+    let conn = tokio::task::block_in_place(|| client.get_connection()).expect("connect");
+    copies_die_with_the_entry("redis", &cache, &mut [conn]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_cluster_a_copy_ends_with_the_entry_even_when_redis_announces_nothing() {
+    let cluster = tokio::task::spawn_blocking(support::cluster::RedisCluster::start_masters_only)
+        .await
+        .expect("start a cluster");
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .nodes(cluster.nodes())
+            .prefix(support::unique_prefix("local_ttl_silent_cluster"))
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    let mut conns = tokio::task::block_in_place(|| node_conns(&cluster));
+    copies_die_with_the_entry("cluster", &cache, &mut conns).await;
 }

@@ -178,7 +178,17 @@ impl Cache {
                         if let Some(left) = ttl {
                             keep_for = keep_for.min(std::time::Duration::from_millis(left));
                         }
-                        tier.keep(*id, spec, ticket, &entry.key, &value, keep_for);
+                        // Counted from before the read went out, not from now: the TTL was
+                        // read some time before its reply got here.
+                        let waited = started.elapsed().unwrap_or_default();
+                        tier.keep(
+                            *id,
+                            spec,
+                            ticket,
+                            &entry.key,
+                            &value,
+                            keep_for.saturating_sub(waited),
+                        );
                     }
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
                         return self

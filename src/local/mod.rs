@@ -267,6 +267,9 @@ impl LocalTier {
         value: &V,
         ttl: Duration,
     ) -> bool {
+        if ttl.is_zero() {
+            return false;
+        }
         let stores = read(&self.shared.stores);
         let Some(store) = stores.get(&id) else {
             return false;
