@@ -307,6 +307,33 @@ async fn coherence(label: &str, cache: Cache, other: Cache) {
         12,
         "{label}"
     );
+
+    // A counter changed behind the library's back: redis-cli's INCRBY.
+    let deadline = std::time::Instant::now() + LIVE;
+    while cache.local_len(&VIEWS) == 0 {
+        cache.fetch(&VIEWS, &key, load_views).await.expect("views");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: the counter is not held again"
+        );
+    }
+    redis::cmd("INCRBY")
+        .arg(entry_redis_key(&cache, &VIEWS, &key))
+        .arg(5)
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("INCRBY");
+    wait_until(
+        &format!("{label}: the INCRBY's invalidation arrives"),
+        LIVE,
+        || cache.local_len(&VIEWS) == 0,
+    )
+    .await;
+    assert_eq!(
+        cache.fetch(&VIEWS, &key, load_views).await.expect("views"),
+        17,
+        "{label}"
+    );
 }
 
 #[tokio::test]
