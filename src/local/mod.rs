@@ -3,6 +3,8 @@
 //!
 //! - `store`: one strategy's moka cache, and the typed operations its spec carries;
 //! - `admission`: which reads may enter a full store;
+//! - `presence`: which keys a store may hold, so a miss skips moka's lookup;
+//! - `bloom`: the Bloom filter both of them use;
 //! - `guard`: which reads may be kept (per-key epochs, flushes);
 //! - `tracking`: the connections that receive Redis's invalidations, and their losses.
 //!
@@ -12,7 +14,9 @@
 //! tracking connection of every write), so the next read keeps the value instead.
 
 mod admission;
+mod bloom;
 mod guard;
+mod presence;
 mod store;
 mod tracking;
 

@@ -8,7 +8,9 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admission::{self, Doorkeeper};
+use super::admission::Doorkeeper;
+use super::bloom;
+use super::presence::{Held, Presence};
 
 /// What a strategy's `.local(..)` declared, with the typed operations on its store.
 pub(crate) struct LocalSpec<V> {
@@ -100,6 +102,7 @@ struct Store<V> {
     cache: moka::sync::Cache<Vec<u8>, Slot<V>>,
     capacity: u64,
     door: Doorkeeper,
+    presence: Presence,
 }
 
 impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
@@ -117,7 +120,17 @@ impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
 
     fn admits(&self, key: &[u8]) -> bool {
         // moka's figure lags its pending work a little: near the bound, either answer is fine.
-        self.cache.weighted_size() < self.capacity || self.door.seen_before(admission::hash(key))
+        if self.cache.weighted_size() < self.capacity {
+            return true;
+        }
+        if !self.door.seen_before(bloom::hash(key)) {
+            return false;
+        }
+        // moka weighs a newcomer against the entry it would push out by how often each was
+        // read, counting misses; a miss that `presence` answered never reached it. Count this
+        // one, so a key kept on its second miss is not turned away for never having been read.
+        let _ = self.cache.get(key);
+        true
     }
 
     fn entries(&self) -> u64 {
@@ -140,12 +153,22 @@ fn make<V: Clone + Send + Sync + 'static>(spec: &LocalSpec<V>) -> Arc<dyn AnySto
         cache,
         capacity: spec.capacity,
         door: Doorkeeper::new(spec.capacity),
+        presence: Presence::new(spec.capacity),
     })
 }
 
 fn get<V: Clone + Send + Sync + 'static>(store: &dyn AnyStore, key: &[u8]) -> Option<V> {
     let store = store.as_any().downcast_ref::<Store<V>>()?;
-    store.cache.get(key).map(|slot| slot.value)
+    let hash = bloom::hash(key);
+    let held = store.presence.held(hash);
+    if held == Held::No {
+        return None;
+    }
+    let slot = store.cache.get(key)?;
+    if held == Held::Before {
+        store.presence.note(hash);
+    }
+    Some(slot.value)
 }
 
 fn keep<V: Clone + Send + Sync + 'static>(
@@ -159,6 +182,8 @@ fn keep<V: Clone + Send + Sync + 'static>(
             value: value.clone(),
             ttl,
         };
+        // Noted first: a lookup that comes between finds the filters ahead of moka, not behind.
+        store.presence.note(bloom::hash(key));
         store.cache.insert(key.to_vec(), slot);
     }
 }
