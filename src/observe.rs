@@ -5,19 +5,49 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::stats::{Counters, Event, Stats};
 
-/// The counters of each strategy name. A fetch looks its strategy's up under a read lock, by
-/// the address of the name (a const's string), with a cheap hash rather than by hashing the
-/// name: the hit path's cost. Names are few (one per strategy const), so both maps stay small
-/// and a write happens once per name (and per copy of its string).
+/// The counters of each strategy name. A fetch finds its strategy's by the address of the
+/// name (a const's string): among the first [`SLOTS`] names seen without a lock, past them
+/// under a read lock, with a cheap hash rather than by hashing the name. Names are few (one per
+/// strategy const), so the maps stay small and a write happens once per name (and per copy of
+/// its string).
 #[derive(Debug, Default)]
 pub(crate) struct ByStrategy {
     maps: RwLock<Maps>,
+    /// The first addresses seen and their counters, each set once under the write lock: a
+    /// fetch then finds its counters with no read-modify-write of a lock (or of an `Arc`'s
+    /// count) shared by every thread.
+    slots: [OnceLock<Slot>; SLOTS],
+}
+
+/// The address of a name, and its counters.
+type Slot = ((usize, usize), Arc<Counters>);
+
+/// Names (addresses of names) found without a lock.
+const SLOTS: usize = 32;
+
+/// A strategy's counters, as an [`Op`] holds them.
+#[derive(Debug)]
+enum Own<'a> {
+    /// In one of the slots, which live as long as the [`ByStrategy`].
+    Slot(&'a Counters),
+    Shared(Arc<Counters>),
+}
+
+impl std::ops::Deref for Own<'_> {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        match self {
+            Own::Slot(c) => c,
+            Own::Shared(c) => c,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -52,28 +82,47 @@ fn address(name: &'static str) -> (usize, usize) {
 }
 
 impl ByStrategy {
-    pub(crate) fn of(&self, name: &'static str) -> Arc<Counters> {
+    /// The counters of `name` in a slot, if its address has one.
+    fn in_slot(&self, name: &'static str) -> Option<&Counters> {
+        let at = address(name);
+        self.slots
+            .iter()
+            .map_while(OnceLock::get)
+            .find(|(a, _)| *a == at)
+            .map(|(_, c)| &**c)
+    }
+
+    fn of(&self, name: &'static str) -> Arc<Counters> {
         let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = maps.by_address.get(&address(name)) {
             return c.clone();
         }
         drop(maps);
         let mut maps = self.maps.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = maps.by_address.get(&address(name)) {
+            return c.clone();
+        }
         let counters = maps.by_name.entry(name).or_default().clone();
         maps.by_address.insert(address(name), counters.clone());
+        if let Some(slot) = self.slots.iter().find(|s| s.get().is_none()) {
+            // Slots are set only here, under the write lock, once per address: this one is
+            // still free.
+            let _ = slot.set((address(name), counters.clone()));
+        }
         counters
     }
 
-    /// Runs `f` on the counters of `name` under the read lock, without cloning them out: for
-    /// a local hit, which counts once and does not await.
-    pub(crate) fn with<R>(&self, name: &'static str, f: impl FnOnce(&Counters) -> R) -> R {
-        {
-            let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = maps.by_address.get(&address(name)) {
-                return f(c);
-            }
+    fn own(&self, name: &'static str) -> Own<'_> {
+        match self.in_slot(name) {
+            Some(c) => Own::Slot(c),
+            None => Own::Shared(self.of(name)),
         }
-        f(&self.of(name))
+    }
+
+    /// Runs `f` on the counters of `name`: for a local hit, which counts once and does not
+    /// await.
+    pub(crate) fn with<R>(&self, name: &'static str, f: impl FnOnce(&Counters) -> R) -> R {
+        f(&self.own(name))
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Stats> {
@@ -167,16 +216,20 @@ pub(crate) fn local_hit(total: &Counters, by_strategy: &ByStrategy, name: &'stat
 /// in the strategy's own counters (and its metrics), and keeps the outcome for the span.
 pub(crate) struct Op<'a> {
     total: &'a Counters,
-    own: Arc<Counters>,
+    own: Own<'a>,
     name: &'static str,
     outcome: AtomicU8,
 }
 
 impl<'a> Op<'a> {
-    pub(crate) fn new(total: &'a Counters, by_strategy: &ByStrategy, name: &'static str) -> Self {
+    pub(crate) fn new(
+        total: &'a Counters,
+        by_strategy: &'a ByStrategy,
+        name: &'static str,
+    ) -> Self {
         Op {
             total,
-            own: by_strategy.of(name),
+            own: by_strategy.own(name),
             name,
             outcome: AtomicU8::new(Outcome::None as u8),
         }
@@ -362,6 +415,41 @@ mod tests {
         assert_eq!(by.get("item").map(|s| s.hits), Some(2));
         let names: Vec<_> = by.all().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["item", "other"]);
+    }
+
+    #[test]
+    fn names_past_the_slots_are_counted_as_well() {
+        let (total, by) = (Counters::default(), ByStrategy::default());
+        let names: Vec<&'static str> = (0..SLOTS + 8)
+            .map(|i| &*Box::leak(format!("s{i:02}").into_boxed_str()))
+            .collect();
+        for (i, &name) in names.iter().enumerate() {
+            for _ in 0..=i {
+                Op::new(&total, &by, name).bump(Event::Miss);
+            }
+            local_hit(&total, &by, name);
+        }
+        for (i, &name) in names.iter().enumerate() {
+            let own = by.get(name).unwrap_or_default();
+            assert_eq!((own.misses, own.local_hits), (i as u64 + 1, 1), "{name}");
+        }
+        assert_eq!(total.snapshot().local_hits, names.len() as u64);
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let (total, by) = (Counters::default(), ByStrategy::default());
+        std::thread::scope(|scope| {
+            for _ in 0..24 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        Op::new(&total, &by, "item").bump(Event::Hit);
+                    }
+                });
+            }
+        });
+        assert_eq!(total.snapshot().hits, 24_000, "more threads than shards");
+        assert_eq!(by.get("item").map(|s| s.hits), Some(24_000));
     }
 
     #[test]

@@ -77,25 +77,58 @@ pub struct Stats {
     pub local_fallback: bool,
 }
 
+/// One thread's share of a [`Counters`]: a cache line of its own (two, for the adjacent-line
+/// prefetcher), so that threads counting at once do not pass one line back and forth.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+#[repr(align(128))]
+struct Shard {
     /// Hits answered by the backend. A local hit counts in `local_hits` only, and a snapshot's
-    /// `hits` adds the two: a local hit, which costs no round trip, pays one shared counter
-    /// here rather than two.
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) loads: AtomicU64,
-    pub(crate) load_micros: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) undecodable: AtomicU64,
-    pub(crate) coalesced_waits: AtomicU64,
-    pub(crate) lease_waits: AtomicU64,
-    pub(crate) lease_timeouts: AtomicU64,
-    pub(crate) stale_fills_rejected: AtomicU64,
-    pub(crate) early_refreshes: AtomicU64,
-    pub(crate) voided_joins: AtomicU64,
-    pub(crate) local_hits: AtomicU64,
-    pub(crate) local_misses: AtomicU64,
+    /// `hits` adds the two: a local hit, which costs no round trip, pays one counter here
+    /// rather than two.
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_micros: AtomicU64,
+    errors: AtomicU64,
+    undecodable: AtomicU64,
+    coalesced_waits: AtomicU64,
+    lease_waits: AtomicU64,
+    lease_timeouts: AtomicU64,
+    stale_fills_rejected: AtomicU64,
+    early_refreshes: AtomicU64,
+    voided_joins: AtomicU64,
+    local_hits: AtomicU64,
+    local_misses: AtomicU64,
+}
+
+/// Shards per [`Counters`]: threads beyond this many share them.
+const SHARDS: usize = 16;
+
+/// The shard this thread counts in: threads take them in turn as they first count.
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+/// A cache's or a strategy's event counts, summed over per-thread shards when read: with one
+/// shared counter per event, every fetch on every thread wrote the same cache lines. Sharding
+/// them (and finding a strategy's without a lock, `observe::ByStrategy`) took 64-task local
+/// hits from 0.72-0.74x moka's throughput to 0.80x in `benches/local`.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    shards: Box<[Shard]>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
 }
 
 /// What a fetch counts: one of [`Counters`]' fields.
@@ -117,50 +150,65 @@ pub(crate) enum Event {
 }
 
 impl Counters {
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index() % self.shards.len()]
+    }
+
     pub(crate) fn add(&self, event: Event, n: u64) {
+        let shard = self.shard();
         let counter = match event {
-            Event::Hit => &self.hits,
-            Event::Miss => &self.misses,
-            Event::Load => &self.loads,
-            Event::Error => &self.errors,
-            Event::Undecodable => &self.undecodable,
-            Event::CoalescedWait => &self.coalesced_waits,
-            Event::LeaseWait => &self.lease_waits,
-            Event::LeaseTimeout => &self.lease_timeouts,
-            Event::StaleFillRejected => &self.stale_fills_rejected,
-            Event::EarlyRefresh => &self.early_refreshes,
-            Event::VoidedJoin => &self.voided_joins,
-            Event::LocalHit => &self.local_hits,
-            Event::LocalMiss => &self.local_misses,
+            Event::Hit => &shard.hits,
+            Event::Miss => &shard.misses,
+            Event::Load => &shard.loads,
+            Event::Error => &shard.errors,
+            Event::Undecodable => &shard.undecodable,
+            Event::CoalescedWait => &shard.coalesced_waits,
+            Event::LeaseWait => &shard.lease_waits,
+            Event::LeaseTimeout => &shard.lease_timeouts,
+            Event::StaleFillRejected => &shard.stale_fills_rejected,
+            Event::EarlyRefresh => &shard.early_refreshes,
+            Event::VoidedJoin => &shard.voided_joins,
+            Event::LocalHit => &shard.local_hits,
+            Event::LocalMiss => &shard.local_misses,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn add_load_micros(&self, micros: u64) {
-        self.load_micros.fetch_add(micros, Ordering::Relaxed);
+        self.shard()
+            .load_micros
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// The sums over every shard. Each figure is read on its own, as before sharding: a
+    /// snapshot taken while fetches count may see one event's counts and not another's.
     pub(crate) fn snapshot(&self) -> Stats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sum = |field: fn(&Shard) -> &AtomicU64| -> u64 {
+            self.shards
+                .iter()
+                .map(|s| field(s).load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add)
+        };
+        let local_hits = sum(|s| &s.local_hits);
         Stats {
-            hits: get(&self.hits).saturating_add(get(&self.local_hits)),
-            misses: get(&self.misses),
-            loads: get(&self.loads),
-            load_micros: get(&self.load_micros),
-            errors: get(&self.errors),
-            undecodable: get(&self.undecodable),
-            coalesced_waits: get(&self.coalesced_waits),
-            lease_waits: get(&self.lease_waits),
-            lease_timeouts: get(&self.lease_timeouts),
-            stale_fills_rejected: get(&self.stale_fills_rejected),
-            early_refreshes: get(&self.early_refreshes),
-            voided_joins: get(&self.voided_joins),
+            hits: sum(|s| &s.hits).saturating_add(local_hits),
+            misses: sum(|s| &s.misses),
+            loads: sum(|s| &s.loads),
+            load_micros: sum(|s| &s.load_micros),
+            errors: sum(|s| &s.errors),
+            undecodable: sum(|s| &s.undecodable),
+            coalesced_waits: sum(|s| &s.coalesced_waits),
+            lease_waits: sum(|s| &s.lease_waits),
+            lease_timeouts: sum(|s| &s.lease_timeouts),
+            stale_fills_rejected: sum(|s| &s.stale_fills_rejected),
+            early_refreshes: sum(|s| &s.early_refreshes),
+            voided_joins: sum(|s| &s.voided_joins),
             // Kept by the retry queue; `Cache::stats` fills them in.
             invalidations_queued: 0,
             invalidations_retried: 0,
             invalidations_dropped: 0,
-            local_hits: get(&self.local_hits),
-            local_misses: get(&self.local_misses),
+            local_hits,
+            local_misses: sum(|s| &s.local_misses),
             // Kept by the local tier; `Cache::stats` fills them in.
             local_invalidations: 0,
             local_flushes: 0,

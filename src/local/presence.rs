@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::bloom::Bloom;
+use super::bloom::{self, Bloom};
 
 /// Bits per key of an epoch: with two probes, about 5 % false positives at its end.
 const BITS_PER_KEY: u64 = 8;
@@ -75,7 +75,9 @@ impl Presence {
     pub(crate) fn note(&self, hash: u64) {
         let current = self.current.load(Ordering::Relaxed) & 1;
         if self.filters[current].insert(hash)
-            && self.set.fetch_add(1, Ordering::Relaxed) + 1 == self.epoch
+            && bloom::sampled(hash)
+            && self.set.fetch_add(bloom::SAMPLE, Ordering::Relaxed) + bloom::SAMPLE
+                == self.epoch.next_multiple_of(bloom::SAMPLE)
         {
             // Only the thread that reached the epoch turns it over. A key noted meanwhile in
             // the filter being cleared is missed for a while: a Redis read, no stale copy.
@@ -110,8 +112,13 @@ mod tests {
         presence.note(hash(b"hot"));
         presence.note(hash(b"cold"));
         for epoch in 0..4u64 {
-            for i in 0..MIN_EPOCH {
+            // About one new key in `SAMPLE` is counted: note until the epoch turns over.
+            let turned = presence.current.load(Ordering::Relaxed);
+            let mut i = 0u64;
+            while presence.current.load(Ordering::Relaxed) == turned {
                 presence.note(hash(format!("{epoch}:{i}").as_bytes()));
+                i += 1;
+                assert!(i < 100 * MIN_EPOCH, "epoch {epoch} never turned over");
             }
             // A hit found in the previous filter only is noted again, as the store does.
             match presence.held(hash(b"hot")) {
