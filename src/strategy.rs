@@ -346,13 +346,14 @@ macro_rules! local_kinds {
             /// least useful. While the tier has room, every value read from Redis is kept.
             /// Once it is full, a key's first miss reads Redis as a strategy without a local
             /// tier does (no TTL read, no insert), and its second miss within a window of about
-            /// ten times `max_entries` misses is kept: a scan of many keys costs what it costs
+            /// twice `max_entries` misses is kept: a scan of many keys costs what it costs
             /// without the tier, and does not push out the keys read often. For a value that is
             /// costly to clone, cache an `Arc<T>`: a local hit then costs one reference count.
             ///
             /// Besides its entries, the tier of a strategy holds two small filters sized by
-            /// `max_entries` (which keys it may hold, and which missed lately): 16 bytes per
-            /// entry of the bound at 10,000 entries, 4 at 100,000, and at most 2.2 MiB.
+            /// `max_entries` (which keys it may hold, and which missed lately): at least 6 KiB,
+            /// 6.5 bytes per entry of the bound at 10,000 entries, 4 at 100,000, and at most
+            /// 2.2 MiB.
             ///
             /// Only [`Obj`] and [`Counter`] strategies have a local tier. On the embedded
             /// backend it is not used: that store is already in process.

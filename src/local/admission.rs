@@ -10,17 +10,19 @@
 //! for the same read without `.local`.
 //!
 //! Marks are two bits of a Bloom filter (`bloom`); the filter is cleared after
-//! `window` marks (ten per entry of the bound, as TinyLFU resets its counts), so a key counts
-//! as seen again only if it came back within about that many first-time misses. A false positive only keeps a read that would otherwise not be kept:
+//! `window` marks (two per entry of the bound), so a key counts as seen again only if it came
+//! back within about that many first-time misses. A false positive only keeps a read that would otherwise not be kept:
 //! admission never decides what is served, so it cannot make the tier stale.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bloom::{self, Bloom};
 
-/// Marks between clearings per unit of the store's bound: TinyLFU's sample of ten times the
-/// cache's size. A key that comes back less often than that would not stay anyway.
-const WINDOW_PER_ENTRY: u64 = 10;
+/// Marks between clearings per unit of the store's bound. A key that comes back only after
+/// many more first-time misses than the store holds entries would likely have been pushed out
+/// before it came back; a window of twice the bound keeps the filter a fifth of the size
+/// TinyLFU's sample (ten times) would take.
+const WINDOW_PER_ENTRY: u64 = 2;
 /// The fewest marks between clearings, so a tiny tier still recognises keys that come back.
 const MIN_WINDOW: u64 = 64;
 /// The most, so the bitset of a large (or weighed) tier stays at 128 KiB.

@@ -5,6 +5,7 @@
 //! function pointers made there ([`LocalSpec`]), and the tier holds each store type-erased.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,11 @@ impl<V> moka::Expiry<Vec<u8>, Slot<V>> for SlotTtl {
 struct Store<V> {
     cache: moka::sync::Cache<Vec<u8>, Slot<V>>,
     capacity: u64,
+    /// Whether the store has been full since it was last cleared. moka counts an insert only
+    /// once its pending work has run, so a store that lost entries to its own admission and
+    /// eviction can look as if it had room again for a while, and keep every read meanwhile.
+    /// Once full, it stays so, and new keys come in by the doorkeeper.
+    full: AtomicBool,
     door: Doorkeeper,
     presence: Presence,
 }
@@ -116,12 +122,15 @@ impl<V: Clone + Send + Sync + 'static> AnyStore for Store<V> {
 
     fn clear(&self) {
         self.cache.invalidate_all();
+        self.full.store(false, Ordering::Relaxed);
     }
 
     fn admits(&self, key: &[u8]) -> bool {
-        // moka's figure lags its pending work a little: near the bound, either answer is fine.
-        if self.cache.weighted_size() < self.capacity {
-            return true;
+        if !self.full.load(Ordering::Relaxed) {
+            if self.cache.weighted_size() < self.capacity {
+                return true;
+            }
+            self.full.store(true, Ordering::Relaxed);
         }
         if !self.door.seen_before(bloom::hash(key)) {
             return false;
@@ -152,6 +161,7 @@ fn make<V: Clone + Send + Sync + 'static>(spec: &LocalSpec<V>) -> Arc<dyn AnySto
     Arc::new(Store {
         cache,
         capacity: spec.capacity,
+        full: AtomicBool::new(false),
         door: Doorkeeper::new(spec.capacity),
         presence: Presence::new(spec.capacity),
     })
