@@ -16,8 +16,9 @@
 //! - [`Strategy`] (`strategy`) renders keys with `template` and `key` ([`CacheKey`]); `kind`
 //!   and `value` say what each kind holds, `codec` and `nesting_limit` how it is encoded.
 //! - `local/`: the local tier of [`Strategy::local`] strategies: each strategy's `store`
-//!   (moka), the `guard` that keeps raced reads out (per-key epochs, flushes), and the
-//!   `tracking` connections that receive Redis's invalidations.
+//!   (moka), the `guard` that keeps raced reads out (per-key epochs, flushes), `admission`
+//!   and `presence` (Bloom filters, `bloom`: which reads enter a full store, which keys a store
+//!   may hold), and the `tracking` connections that receive Redis's invalidations.
 //! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `observe` counts each
 //!   fetch's events per strategy (and in `metrics`) and keeps its span's outcome; `clock` and
 //!   `lock` are small shared helpers.
