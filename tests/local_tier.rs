@@ -555,8 +555,28 @@ async fn a_local_hit_on_the_cluster_sends_nothing_to_any_node() {
     )
     .await
     .expect("connect");
+    // Counters too: one per node, most likely, as the items. Both strategies are used once
+    // first: a strategy's first use tracks its prefix, which flushes what the tier holds.
+    let load_views = |id: u64| move || async move { Ok::<_, std::io::Error>(id as i64) };
+    let first = ItemKey { item_id: 1 };
+    cache
+        .fetch(&VIEWS, &first, load_views(1))
+        .await
+        .expect("views");
     for id in 1..=6 {
         warm(&cache, &ITEM, id, "lamp").await;
+    }
+    for id in 1..=6 {
+        let key = ItemKey { item_id: id };
+        let deadline = std::time::Instant::now() + LIVE;
+        let hits = cache.strategy_stats(&VIEWS).local_hits;
+        while cache.strategy_stats(&VIEWS).local_hits == hits {
+            cache
+                .fetch(&VIEWS, &key, load_views(id))
+                .await
+                .expect("views");
+            assert!(std::time::Instant::now() < deadline, "no local counter hit");
+        }
     }
     let mut conns = tokio::task::block_in_place(|| node_conns(&cluster));
     let before = tokio::task::block_in_place(|| cluster_commands(&mut conns));
@@ -568,8 +588,11 @@ async fn a_local_hit_on_the_cluster_sends_nothing_to_any_node() {
             fetch(&cache, &ITEM, id, &calls, "other").await,
             item(id, "lamp")
         );
+        let key = ItemKey { item_id: id };
+        let views = cache.fetch(&VIEWS, &key, load_views(0)).await;
+        assert_eq!(views.expect("views"), id as i64);
     }
-    assert_eq!(cache.stats().local_hits, hits + 100);
+    assert_eq!(cache.stats().local_hits, hits + 200);
     let after = tokio::task::block_in_place(|| cluster_commands(&mut conns));
     assert_eq!(
         after, before,
