@@ -7,6 +7,7 @@
 //! left, so each read still ends within the response timeout of its arrival, at the cost of one
 //! timer per batch instead of one per read.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use crate::error::Error;
 use crate::lock::lock;
 
 /// One kind of coalesced read: what a read returns, and how a batch of them goes out.
-pub(super) trait Batched: Sized + Send + 'static {
+pub(super) trait Batched: Sized + Clone + Send + 'static {
     /// The batcher that coalesces this kind of read.
     fn batcher(shared: &Shared) -> Option<&ReadBatcher<Self>>;
 
@@ -70,7 +71,7 @@ impl Batched for Value {
 
 /// A GET with the key's PTTL, for a read whose value may enter the local tier (which must not
 /// keep it longer than Redis does): batches go out as one pipeline of an MGET and the PTTLs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct WithTtl {
     pub(crate) value: Value,
     pub(crate) pttl: Value,
@@ -168,9 +169,10 @@ impl RedisBackend {
             } else if self.shared.breaker.is_open(Scope::Any) {
                 Err(Failure::Unavailable)
             } else {
-                let keys = batch.reads.iter().map(|(key, _)| key.clone()).collect();
+                let (keys, index) = distinct(&batch.reads);
+                let sent = keys.len();
                 match T::many(&self, keys, left).await {
-                    Ok(items) => Ok(items),
+                    Ok(items) => spread(items, sent, &index),
                     Err(Error::Timeout(_)) => Err(Failure::Timeout),
                     Err(Error::Unavailable) => Err(Failure::Unavailable),
                     Err(Error::UnexpectedReply(what)) => Err(Failure::Unexpected(what)),
@@ -328,6 +330,36 @@ impl<T> ReadBatcher<T> {
     }
 }
 
+/// The distinct keys of `reads` in the order first read, and for each read the index of its
+/// key there. Tasks reading one hot key at once queue it more than once: it goes out once
+/// (and, for a read that may enter the local tier, one PTTL instead of one per task).
+fn distinct<T>(reads: &[Pending<T>]) -> (Vec<Vec<u8>>, Vec<usize>) {
+    let mut first: HashMap<&[u8], usize> = HashMap::with_capacity(reads.len());
+    let mut keys = Vec::with_capacity(reads.len());
+    let index = reads
+        .iter()
+        .map(|(key, _)| {
+            *first.entry(&key[..]).or_insert_with(|| {
+                keys.push(key.clone());
+                keys.len() - 1
+            })
+        })
+        .collect();
+    (keys, index)
+}
+
+/// The reply of each read, from the replies to the `sent` distinct keys.
+fn spread<T: Clone>(items: Vec<T>, sent: usize, index: &[usize]) -> Result<Vec<T>, Failure> {
+    if items.len() != sent {
+        return Err(Failure::Unexpected("batched read: reply length mismatch"));
+    }
+    if sent == index.len() {
+        // No key was queued twice: `index` is 0, 1, 2, ...
+        return Ok(items);
+    }
+    Ok(index.iter().map(|&i| items[i].clone()).collect())
+}
+
 /// Delivers a batch's replies, in key order, or its error to every read in it.
 pub(crate) fn deliver<T>(pending: Vec<Pending<T>>, replies: Result<Vec<T>, Failure>) {
     match replies {
@@ -374,6 +406,28 @@ mod tests {
         assert_eq!(rx.await.unwrap(), Ok(7));
         assert!(batcher.next_or_release().is_none());
         assert!(matches!(batcher.turn(b"c"), Turn::Go));
+    }
+
+    #[test]
+    fn a_key_queued_twice_goes_out_once_and_both_reads_get_its_reply() {
+        let reads: Vec<Pending<u32>> = [&b"a"[..], b"b", b"a", b"c", b"b"]
+            .iter()
+            .map(|k| (k.to_vec(), oneshot::channel().0))
+            .collect();
+        let (keys, index) = distinct(&reads);
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(index, [0, 1, 0, 2, 1]);
+        assert_eq!(
+            spread(vec![10, 20, 30], keys.len(), &index),
+            Ok(vec![10, 20, 10, 30, 20])
+        );
+        assert!(spread(vec![10, 20], 3, &index).is_err(), "a short reply");
+        assert!(
+            spread(vec![1, 2, 3, 4, 5], 3, &index).is_err(),
+            "a long reply"
+        );
+        let (keys, index) = distinct(&reads[..2]);
+        assert_eq!(spread(vec![1, 2], keys.len(), &index), Ok(vec![1, 2]));
     }
 
     #[test]
