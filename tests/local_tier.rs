@@ -159,6 +159,52 @@ async fn a_full_tier_keeps_a_key_from_its_second_miss_on() {
 }
 
 #[tokio::test]
+async fn fetch_many_keeps_what_it_reads_from_redis() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_many").await;
+    let keys: Vec<ItemKey> = (1..=3).map(|item_id| ItemKey { item_id }).collect();
+    let expected: Vec<Item> = (1..=3).map(|id| item(id, "many")).collect();
+    let load = |wanted: Vec<ItemKey>| async move {
+        Ok::<_, std::io::Error>(wanted.iter().map(|k| item(k.item_id, "many")).collect())
+    };
+    // The first batch loads and fills; a later one reads the fills back and keeps them.
+    let deadline = std::time::Instant::now() + LIVE;
+    while cache.local_len(&ITEM) < 3 {
+        let got: Vec<Item> = cache.fetch_many(&ITEM, &keys, load).await.expect("batch");
+        assert_eq!(got, expected);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fetch_many kept nothing: {:?}",
+            cache.stats()
+        );
+        tokio::task::yield_now().await;
+    }
+    let mut raw = support::raw_conn_to(&server.url()).await;
+    let before = commands(&mut raw).await;
+    let hits = cache.stats().local_hits;
+    let got: Vec<Item> = cache.fetch_many(&ITEM, &keys, load).await.expect("batch");
+    assert_eq!(got, expected);
+    assert_eq!(cache.stats().local_hits, hits + 3);
+    assert_eq!(
+        commands(&mut raw).await,
+        before,
+        "a held batch reached Redis"
+    );
+
+    // A copy kept by a batch leaves with its entry, like one kept by `fetch`.
+    let redis_key = entry_redis_key(&cache, &ITEM, &keys[1]);
+    redis::cmd("DEL")
+        .arg(&redis_key)
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("DEL");
+    wait_until("the DEL's invalidation arrives", LIVE, || {
+        cache.local_len(&ITEM) == 2
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_local_hit_sends_nothing_to_redis() {
     let server = RedisServer::start();
     let cache = private_cache(&server, "local_nothing").await;

@@ -174,6 +174,13 @@ impl MemoryBackend {
         })
     }
 
+    pub(crate) fn read_many_with_ttl(
+        &self,
+        locs: &[Loc<'_>],
+    ) -> Result<Vec<(Lookup, Option<u64>)>, Error> {
+        locs.iter().map(|&loc| self.read_with_ttl(loc)).collect()
+    }
+
     pub(crate) fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
         let lookup = self.read(loc)?;
         let ttl = self.shard(loc.key).live(loc.key).and_then(|e| e.ttl_ms());

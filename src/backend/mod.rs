@@ -262,6 +262,15 @@ impl Backend {
         dispatch!(self.read_many(locs))
     }
 
+    /// [`read_many`](Self::read_many), with each entry's TTL in milliseconds (`None`: no
+    /// expiry; `Some(0)`: unknown, keep nothing).
+    pub(crate) async fn read_many_with_ttl(
+        &self,
+        locs: &[Loc<'_>],
+    ) -> Result<Vec<(Lookup, Option<u64>)>, Error> {
+        dispatch!(self.read_many_with_ttl(locs))
+    }
+
     /// Removes many entries in one round trip (not atomically).
     pub(crate) async fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
         dispatch!(self.invalidate_many(locs))

@@ -67,6 +67,9 @@ impl Cache {
     /// holds are loaded too, but not filled. Fails open like [`fetch`](Self::fetch); unlike it,
     /// does not coalesce with concurrent fetches in this process. A loader that finds rows by
     /// key is simpler with [`fetch_many_by_key`](Self::fetch_many_by_key), which takes a map.
+    /// With a local tier ([`Strategy::local`]) the batch is answered from process memory when
+    /// the tier holds every key; otherwise it is read from Redis and the tier keeps what it
+    /// admits, as [`fetch`](Self::fetch) does.
     ///
     /// # Errors
     ///
@@ -128,8 +131,8 @@ impl Cache {
     }
 
     /// Every value from the local tier, when it holds them all: then the batch needs no round
-    /// trip. Otherwise `None`, and the whole batch is read from Redis as without a local tier
-    /// (whose values this read does not keep: an MGET says nothing of the entries' TTLs).
+    /// trip. Otherwise `None`, and the whole batch is read from Redis, with the entries' TTLs
+    /// for the keys the tier admits, which then keeps what it reads (see `fetch_many_in`).
     fn all_local<V, K, Kd>(
         &self,
         op: &Op<'_>,
@@ -214,11 +217,38 @@ impl Cache {
         let missing = |force| Some(Missing { force, lease: None });
         let mut redis_ok = true;
         let started = Started::now(inner.backend.response_timeout());
+        // As in `fetch`: a ticket per key the tier admits, taken before the read goes out, so
+        // an invalidation that comes while it is on the wire keeps its value out.
+        let local = match (&inner.local, strategy.local_spec()) {
+            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
+            _ => None,
+        };
+        let tickets: Vec<_> = match &local {
+            Some((tier, spec, id)) => {
+                let head = strategy.key_template().split('<').next().unwrap_or("");
+                wanted
+                    .iter()
+                    .map(|w| {
+                        let prefix = || [&inner.prefix[..], head.as_bytes()].concat();
+                        tier.ticket(*id, spec, prefix, &w.entry.key)
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let keeping = tickets.iter().any(Option::is_some);
         // Duplicates are read like any key (MGET repeats the value), so the all-hit path
         // needs no de-duplication.
         let read = {
             let locs: Vec<Loc<'_>> = wanted.iter().map(|w| w.entry.loc()).collect();
-            match inner.backend.read_many(&locs).await {
+            let read = if keeping {
+                // A local copy must not outlive its entry: read the TTLs too.
+                inner.backend.read_many_with_ttl(&locs).await
+            } else {
+                let lookups = inner.backend.read_many(&locs).await;
+                lookups.map(|l| l.into_iter().map(|lookup| (lookup, None)).collect())
+            };
+            match read {
                 Ok(lookups) if lookups.len() != locs.len() => {
                     Err(Error::UnexpectedReply("read_many: reply length mismatch"))
                 }
@@ -230,11 +260,22 @@ impl Cache {
         match read {
             Ok(lookups) => {
                 let mut hits = 0;
-                for (w, lookup) in wanted.iter_mut().zip(lookups) {
+                let waited = started.elapsed().unwrap_or_default();
+                for (i, (w, (lookup, ttl))) in wanted.iter_mut().zip(lookups).enumerate() {
                     match lookup {
                         Lookup::Hit(payload) => match inner.decode(op, &w.entry, &payload, codec) {
                             Some(v) => {
                                 hits += 1;
+                                let ticket = tickets.get(i).copied().flatten();
+                                if let (Some((tier, spec, id)), Some(ticket)) = (&local, ticket) {
+                                    let mut keep_for = strategy.local_ttl_time();
+                                    if let Some(left) = ttl {
+                                        keep_for =
+                                            keep_for.min(std::time::Duration::from_millis(left));
+                                    }
+                                    let keep_for = keep_for.saturating_sub(waited);
+                                    tier.keep(*id, spec, ticket, &w.entry.key, &v, keep_for);
+                                }
                                 w.value = Some(v);
                             }
                             None => w.missing = missing(true),

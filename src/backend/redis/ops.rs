@@ -341,6 +341,37 @@ impl RedisBackend {
             .collect())
     }
 
+    /// [`read_many`](Self::read_many) with each entry's PTTL, for a batch whose values may
+    /// enter the local tier: the MGET and the PTTLs go out together (concurrent requests on the
+    /// multiplexed connection, one pipeline, free to span cluster slots).
+    pub(crate) async fn read_many_with_ttl(
+        &self,
+        locs: &[Loc<'_>],
+    ) -> Result<Vec<(Lookup, Option<u64>)>, Error> {
+        let ttls = futures_util::future::join_all(
+            locs.iter()
+                .map(|loc| self.cmd(Scope::Key(loc.key), key_cmd("PTTL", loc.key, None))),
+        );
+        let (lookups, ttls) = futures_util::future::join(self.read_many(locs), ttls).await;
+        let lookups = lookups?;
+        if lookups.len() != ttls.len() {
+            return Err(unexpected("batch reply length"));
+        }
+        Ok(lookups
+            .into_iter()
+            .zip(ttls)
+            .map(|(lookup, pttl)| {
+                let ttl = match pttl.ok().as_ref().and_then(into_i64) {
+                    // No expiry (-1), or gone since the MGET (-2): as `read_with_ttl` says.
+                    Some(ms) => u64::try_from(ms).ok(),
+                    // A PTTL that failed leaves the TTL unknown: a TTL of 0 keeps nothing.
+                    None => Some(0),
+                };
+                (lookup, ttl)
+            })
+            .collect())
+    }
+
     pub(crate) async fn invalidate_many(&self, locs: &[Loc<'_>]) -> Result<(), Error> {
         // Concurrent, so pipelined on the connection, and free to span cluster slots.
         futures_util::future::join_all(locs.iter().map(|loc| self.invalidate(*loc)))
