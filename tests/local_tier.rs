@@ -87,6 +87,45 @@ async fn warm(cache: &Cache, strategy: &Strategy<Item, ItemKey>, id: u64, name: 
     }
 }
 
+/// Fetches the counter `key` of `strategy` (loading `loaded` if it is missing) until a fetch
+/// is answered by the local tier.
+async fn warm_count(
+    cache: &Cache,
+    strategy: &Strategy<i64, ItemKey, Counter>,
+    key: &ItemKey,
+    loaded: i64,
+) {
+    let hits = cache.strategy_stats(strategy).local_hits;
+    let deadline = std::time::Instant::now() + LIVE;
+    while cache.strategy_stats(strategy).local_hits == hits {
+        let load = || async move { Ok::<_, std::io::Error>(loaded) };
+        cache.fetch(strategy, key, load).await.expect("count");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no local counter hit within {LIVE:?}: {:?}",
+            cache.stats()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A cache on a private 3-master cluster.
+async fn private_cluster_cache(test: &str) -> (support::cluster::RedisCluster, Cache) {
+    let cluster = tokio::task::spawn_blocking(support::cluster::RedisCluster::start_masters_only)
+        .await
+        .expect("start a cluster");
+    let cache = Cache::connect(
+        CacheConfig::builder()
+            .nodes(cluster.nodes())
+            .prefix(support::unique_prefix(test))
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect");
+    (cluster, cache)
+}
+
 /// `INFO commandstats` calls of every command but the tracking connections' heartbeat.
 async fn commands(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -326,15 +365,7 @@ async fn coherence(label: &str, cache: Cache, other: Cache) {
 
     // Counters: this process's incr is read back at once; another Cache's arrives.
     let load_views = || async { Ok::<_, std::io::Error>(10) };
-    cache.fetch(&VIEWS, &key, load_views).await.expect("views");
-    let deadline = std::time::Instant::now() + LIVE;
-    while cache.strategy_stats(&VIEWS).local_hits == 0 {
-        cache.fetch(&VIEWS, &key, load_views).await.expect("views");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{label}: no local counter hit"
-        );
-    }
+    warm_count(&cache, &VIEWS, &key, 10).await;
     assert_eq!(cache.incr(&VIEWS, &key, 1).await.expect("incr"), Some(11));
     assert_eq!(
         cache.fetch(&VIEWS, &key, load_views).await.expect("views"),
@@ -519,11 +550,7 @@ async fn a_local_counter_hit_sends_nothing_to_redis() {
     let cache = private_cache(&server, "local_counter_nothing").await;
     let key = ItemKey { item_id: 1 };
     let load = || async { Ok::<_, std::io::Error>(41) };
-    let deadline = std::time::Instant::now() + LIVE;
-    while cache.stats().local_hits == 0 {
-        cache.fetch(&VIEWS, &key, load).await.expect("views");
-        assert!(std::time::Instant::now() < deadline, "no local counter hit");
-    }
+    warm_count(&cache, &VIEWS, &key, 41).await;
     let mut raw = support::raw_conn_to(&server.url()).await;
     let before = commands(&mut raw).await;
     for _ in 0..100 {
@@ -589,18 +616,7 @@ fn cluster_commands(conns: &mut [redis::Connection]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_hit_on_the_cluster_sends_nothing_to_any_node() {
-    let cluster = tokio::task::spawn_blocking(support::cluster::RedisCluster::start_masters_only)
-        .await
-        .expect("start a cluster");
-    let cache = Cache::connect(
-        CacheConfig::builder()
-            .nodes(cluster.nodes())
-            .prefix(support::unique_prefix("local_cluster_nothing"))
-            .response_timeout(Duration::from_secs(2))
-            .build(),
-    )
-    .await
-    .expect("connect");
+    let (cluster, cache) = private_cluster_cache("local_cluster_nothing").await;
     // Counters too: one per node, most likely, as the items. Both strategies are used once
     // first: a strategy's first use tracks its prefix, which flushes what the tier holds.
     let load_views = |id: u64| move || async move { Ok::<_, std::io::Error>(id as i64) };
@@ -613,16 +629,7 @@ async fn a_local_hit_on_the_cluster_sends_nothing_to_any_node() {
         warm(&cache, &ITEM, id, "lamp").await;
     }
     for id in 1..=6 {
-        let key = ItemKey { item_id: id };
-        let deadline = std::time::Instant::now() + LIVE;
-        let hits = cache.strategy_stats(&VIEWS).local_hits;
-        while cache.strategy_stats(&VIEWS).local_hits == hits {
-            cache
-                .fetch(&VIEWS, &key, load_views(id))
-                .await
-                .expect("views");
-            assert!(std::time::Instant::now() < deadline, "no local counter hit");
-        }
+        warm_count(&cache, &VIEWS, &ItemKey { item_id: id }, id as i64).await;
     }
     let mut conns = tokio::task::block_in_place(|| node_conns(&cluster));
     let before = tokio::task::block_in_place(|| cluster_commands(&mut conns));
@@ -691,18 +698,7 @@ fn on_every_node(conns: &mut [redis::Connection], cmd: &redis::Cmd) -> Vec<redis
 async fn copies_die_with_the_entry(label: &str, cache: &Cache, conns: &mut [redis::Connection]) {
     let key = ItemKey { item_id: 1 };
     warm(cache, &LONG, 1, "old").await;
-    let load_count = || async { Ok::<_, std::io::Error>(5) };
-    let deadline = std::time::Instant::now() + LIVE;
-    while cache.strategy_stats(&LONG_COUNT).local_hits == 0 {
-        cache
-            .fetch(&LONG_COUNT, &key, load_count)
-            .await
-            .expect("count");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{label}: no local counter hit"
-        );
-    }
+    warm_count(cache, &LONG_COUNT, &key, 5).await;
     for redis_key in [
         entry_redis_key(cache, &LONG, &key),
         entry_redis_key(cache, &LONG_COUNT, &key),
@@ -726,17 +722,7 @@ async fn copies_die_with_the_entry(label: &str, cache: &Cache, conns: &mut [redi
         item(1, "old"),
         "{label}: the entry expired before it was kept again"
     );
-    let hits = cache.strategy_stats(&LONG_COUNT).local_hits;
-    while cache.strategy_stats(&LONG_COUNT).local_hits == hits {
-        cache
-            .fetch(&LONG_COUNT, &key, load_count)
-            .await
-            .expect("count");
-        assert!(
-            std::time::Instant::now() < deadline + LIVE,
-            "{label}: no local counter hit"
-        );
-    }
+    warm_count(cache, &LONG_COUNT, &key, 5).await;
 
     let announced = cache.stats().local_invalidations;
     let pause = redis::cmd("CLIENT")
@@ -788,18 +774,7 @@ async fn a_copy_ends_with_the_entry_even_when_redis_announces_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_cluster_a_copy_ends_with_the_entry_even_when_redis_announces_nothing() {
-    let cluster = tokio::task::spawn_blocking(support::cluster::RedisCluster::start_masters_only)
-        .await
-        .expect("start a cluster");
-    let cache = Cache::connect(
-        CacheConfig::builder()
-            .nodes(cluster.nodes())
-            .prefix(support::unique_prefix("local_ttl_silent_cluster"))
-            .response_timeout(Duration::from_secs(2))
-            .build(),
-    )
-    .await
-    .expect("connect");
+    let (cluster, cache) = private_cluster_cache("local_ttl_silent_cluster").await;
     let mut conns = tokio::task::block_in_place(|| node_conns(&cluster));
     copies_die_with_the_entry("cluster", &cache, &mut conns).await;
 }
