@@ -20,8 +20,8 @@
 //!   and `presence` (Bloom filters, `bloom`: which reads enter a full store, which keys a store
 //!   may hold), and the `tracking` connections that receive Redis's invalidations.
 //! - `budget` bounds a fetch's time on Redis; `error`, `stats`, `config`; `observe` counts each
-//!   fetch's events per strategy (and in `metrics`) and keeps its span's outcome; `clock` and
-//!   `lock` are small shared helpers.
+//!   fetch's events per strategy (and in `metrics`) and keeps its span's outcome; `clock`,
+//!   `fx_hash` and `lock` are small shared helpers.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -34,6 +34,7 @@ mod codec;
 mod config;
 mod error;
 mod flight;
+mod fx_hash;
 mod key;
 mod kind;
 mod local;

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::fx_hash::FxHasher;
 use crate::stats::{Counters, Event, Stats};
 
 /// The counters of each strategy name. A fetch finds its strategy's by the address of the
@@ -53,28 +54,7 @@ impl std::ops::Deref for Own<'_> {
 #[derive(Debug, Default)]
 struct Maps {
     by_name: HashMap<&'static str, Arc<Counters>>,
-    by_address: HashMap<(usize, usize), Arc<Counters>, BuildHasherDefault<AddressHasher>>,
-}
-
-/// FxHash's step: enough for the addresses of a few strings.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
+    by_address: HashMap<(usize, usize), Arc<Counters>, BuildHasherDefault<FxHasher>>,
 }
 
 fn address(name: &'static str) -> (usize, usize) {

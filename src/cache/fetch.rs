@@ -155,11 +155,10 @@ impl Cache {
         }
         // Taken before the read goes out: an invalidation that arrives while it is on the
         // wire keeps its value out of the local tier.
-        let ticket = local.as_ref().and_then(|(tier, spec, id)| {
-            let head = strategy.key_template().split('<').next().unwrap_or("");
-            let prefix = || [&inner.prefix[..], head.as_bytes()].concat();
-            tier.ticket(*id, spec, prefix, &entry.key)
-        });
+        let ticket = match local {
+            Some(_) => self.local_ticket(strategy, &entry.key),
+            None => None,
+        };
         // A local copy must not outlive the entry: a read that may be kept reads its TTL too.
         let read = if early || ticket.is_some() {
             inner.backend.read_with_ttl(loc).await
@@ -173,22 +172,8 @@ impl Cache {
             Ok((Lookup::Hit(payload), ttl)) => match inner.decode(op, &entry, &payload, codec) {
                 Some(value) => {
                     op.bump(Event::Hit);
-                    if let (Some((tier, spec, id)), Some(ticket)) = (&local, ticket) {
-                        let mut keep_for = strategy.local_ttl_time();
-                        if let Some(left) = ttl {
-                            keep_for = keep_for.min(std::time::Duration::from_millis(left));
-                        }
-                        // Counted from before the read went out, not from now: the TTL was
-                        // read some time before its reply got here.
-                        let waited = started.elapsed().unwrap_or_default();
-                        tier.keep(
-                            *id,
-                            spec,
-                            ticket,
-                            &entry.key,
-                            &value,
-                            keep_for.saturating_sub(waited),
-                        );
+                    if let Some(ticket) = ticket {
+                        self.keep_local(strategy, ticket, &entry.key, &value, ttl, started);
                     }
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {
                         return self

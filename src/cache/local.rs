@@ -1,6 +1,11 @@
-//! What the local tier ([`Strategy::local`]) shows of itself.
+//! What the local tier ([`Strategy::local`]) shows of itself, and how a read of Redis
+//! (`fetch`, `fetch_many`) enters it.
+
+use std::time::Duration;
 
 use super::Cache;
+use crate::budget::Started;
+use crate::local::Ticket;
 use crate::strategy::Strategy;
 
 impl Cache {
@@ -39,5 +44,45 @@ impl Cache {
             .local
             .as_ref()
             .map_or(0, |l| l.entries(strategy.local_id()))
+    }
+
+    /// A ticket for a read of the entry at `key` that may enter the local tier, taken before
+    /// the read goes out: an invalidation that arrives while it is on the wire keeps its value
+    /// out. `None` without a tier, for a strategy without one, while the tier is not live, and
+    /// for a read it does not admit; such a read need not ask for the entry's TTL.
+    pub(crate) fn local_ticket<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        key: &[u8],
+    ) -> Option<Ticket> {
+        let tier = self.inner.local.as_ref()?;
+        let spec = strategy.local_spec()?;
+        let head = strategy.key_template().split('<').next().unwrap_or("");
+        let prefix = || [&self.inner.prefix[..], head.as_bytes()].concat();
+        tier.ticket(strategy.local_id(), &spec, prefix, key)
+    }
+
+    /// Keeps `value`, read from the entry at `key` under `ticket` with `ttl_ms` left of the
+    /// entry's TTL (`None`: no expiry), for at most the strategy's local TTL. Both count from
+    /// `started`, before the read went out: the TTL was read some time before its reply got
+    /// here, so a copy never outlives the entry.
+    pub(crate) fn keep_local<V, K, Kd>(
+        &self,
+        strategy: &Strategy<V, K, Kd>,
+        ticket: Ticket,
+        key: &[u8],
+        value: &V,
+        ttl_ms: Option<u64>,
+        started: Started,
+    ) {
+        let (Some(tier), Some(spec)) = (self.inner.local.as_ref(), strategy.local_spec()) else {
+            return;
+        };
+        let mut keep_for = strategy.local_ttl_time();
+        if let Some(left) = ttl_ms {
+            keep_for = keep_for.min(Duration::from_millis(left));
+        }
+        let keep_for = keep_for.saturating_sub(started.elapsed().unwrap_or_default());
+        tier.keep(strategy.local_id(), &spec, ticket, key, value, keep_for);
     }
 }

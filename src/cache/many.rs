@@ -217,24 +217,14 @@ impl Cache {
         let missing = |force| Some(Missing { force, lease: None });
         let mut redis_ok = true;
         let started = Started::now(inner.backend.response_timeout());
-        // As in `fetch`: a ticket per key the tier admits, taken before the read goes out, so
-        // an invalidation that comes while it is on the wire keeps its value out.
-        let local = match (&inner.local, strategy.local_spec()) {
-            (Some(tier), Some(spec)) => Some((tier, spec, strategy.local_id())),
-            _ => None,
-        };
-        let tickets: Vec<_> = match &local {
-            Some((tier, spec, id)) => {
-                let head = strategy.key_template().split('<').next().unwrap_or("");
-                wanted
-                    .iter()
-                    .map(|w| {
-                        let prefix = || [&inner.prefix[..], head.as_bytes()].concat();
-                        tier.ticket(*id, spec, prefix, &w.entry.key)
-                    })
-                    .collect()
-            }
-            None => Vec::new(),
+        // As in `fetch`: a ticket per key the tier admits, taken before the read goes out.
+        let tickets: Vec<_> = if strategy.local_spec().is_some() {
+            wanted
+                .iter()
+                .map(|w| self.local_ticket(strategy, &w.entry.key))
+                .collect()
+        } else {
+            Vec::new()
         };
         let keeping = tickets.iter().any(Option::is_some);
         // Duplicates are read like any key (MGET repeats the value), so the all-hit path
@@ -260,21 +250,20 @@ impl Cache {
         match read {
             Ok(lookups) => {
                 let mut hits = 0;
-                let waited = started.elapsed().unwrap_or_default();
                 for (i, (w, (lookup, ttl))) in wanted.iter_mut().zip(lookups).enumerate() {
                     match lookup {
                         Lookup::Hit(payload) => match inner.decode(op, &w.entry, &payload, codec) {
                             Some(v) => {
                                 hits += 1;
-                                let ticket = tickets.get(i).copied().flatten();
-                                if let (Some((tier, spec, id)), Some(ticket)) = (&local, ticket) {
-                                    let mut keep_for = strategy.local_ttl_time();
-                                    if let Some(left) = ttl {
-                                        keep_for =
-                                            keep_for.min(std::time::Duration::from_millis(left));
-                                    }
-                                    let keep_for = keep_for.saturating_sub(waited);
-                                    tier.keep(*id, spec, ticket, &w.entry.key, &v, keep_for);
+                                if let Some(ticket) = tickets.get(i).copied().flatten() {
+                                    self.keep_local(
+                                        strategy,
+                                        ticket,
+                                        &w.entry.key,
+                                        &v,
+                                        ttl,
+                                        started,
+                                    );
                                 }
                                 w.value = Some(v);
                             }

@@ -21,7 +21,7 @@ mod store;
 mod tracking;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -33,6 +33,7 @@ pub(crate) use self::guard::Ticket;
 use self::store::AnyStore;
 pub(crate) use self::store::LocalSpec;
 pub(crate) use self::tracking::{Source, Timing};
+use crate::fx_hash::FxHasher;
 use crate::lock::{lock, read, write};
 
 /// Called on each local hit, which awaits nothing: a task looping on local hits would hold
@@ -61,51 +62,11 @@ type StoreId = (&'static str, u32);
 /// step, 8 bytes at a time, rather than SipHash (a third of a local hit's own work): its keys
 /// are the strategies' templates, consts of the program, not input that could be chosen to
 /// collide.
-type Stores = HashMap<StoreId, Arc<dyn AnyStore>, BuildHasherDefault<IdHasher>>;
+type Stores = HashMap<StoreId, Arc<dyn AnyStore>, BuildHasherDefault<FxHasher>>;
 
 /// The first stores registered are also found here, without a lock: a local hit's lookup then
 /// costs no read-modify-write of a lock shared by every thread.
 const UNLOCKED: usize = 16;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
 
 /// The local tier of one [`Cache`](crate::Cache) and its clones.
 #[derive(Debug)]
@@ -274,13 +235,13 @@ impl LocalTier {
         if ttl.is_zero() {
             return false;
         }
-        let stores = read(&self.shared.stores);
-        let Some(store) = stores.get(&id) else {
-            return false;
-        };
-        self.shared
-            .guard
-            .keep_if_current(ticket, || spec.keep(&**store, key, value, ttl))
+        // Found as a lookup finds it: no read lock shared by every thread on a kept miss.
+        self.with_store(id, |store| {
+            self.shared
+                .guard
+                .keep_if_current(ticket, || spec.keep(store, key, value, ttl))
+        })
+        .unwrap_or(false)
     }
 
     /// Drops the local copies of `key` (this process changed it) and voids reads in flight.
@@ -497,7 +458,7 @@ mod tests {
 
     #[test]
     fn store_ids_hash_by_content_not_address() {
-        let build = BuildHasherDefault::<IdHasher>::default();
+        let build = BuildHasherDefault::<FxHasher>::default();
         let literal: &'static str = "item:<item_id>";
         let copy: &'static str = Box::leak(String::from(literal).into_boxed_str());
         assert_ne!(literal.as_ptr(), copy.as_ptr());
