@@ -30,8 +30,11 @@
 //! in an order that rotates from round to round; each `ratio` line is the median of per-round
 //! ratios. The tokio runtime has 2 worker threads; the server shares the machine.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{fmt_dur, median, Ratio};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -271,16 +274,11 @@ async fn hold_locally(cache: &Cache, strategy: &Strategy<Item, ItemKey>, ids: &[
 /// `INFO commandstats` calls of every command but `ping` (the tracking heartbeat) and `info`
 /// (this check).
 async fn commands(conn: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter(|l| !l.starts_with("cmdstat_ping:") && !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|c| c.split(',').next()?.parse::<u64>().ok())
+    let info = support::commandstats(conn).await;
+    support::command_calls(&info)
+        .into_iter()
+        .filter(|(name, _)| !["ping", "info"].contains(name))
+        .map(|(_, calls)| calls)
         .sum()
 }
 
@@ -532,42 +530,9 @@ async fn worker(env: Arc<Env>, op: Op, task: u64, deadline: Instant, yields: boo
 // Statistics
 // ---------------------------------------------------------------------------------------------
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn fmt_dur(d: Duration) -> String {
-    let ns = d.as_nanos();
-    if ns < 10_000 {
-        format!("{ns}ns")
-    } else if ns < 10_000_000 {
-        format!("{:.1}us", ns as f64 / 1e3)
-    } else {
-        format!("{:.2}ms", ns as f64 / 1e6)
-    }
-}
-
 /// Per-round ratios of two contenders, as a median and a range.
-#[derive(Clone, Copy)]
-struct Ratio {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
 fn ratio_of(a: &[RunStats], b: &[RunStats], f: impl Fn(&RunStats, &RunStats) -> f64) -> Ratio {
-    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x, y)).collect();
-    Ratio {
-        min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        max: ratios.iter().copied().fold(0.0, f64::max),
-        median: median(ratios),
-    }
+    Ratio::over(a.iter().zip(b).map(|(x, y)| f(x, y)).collect())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,8 +16,11 @@
 //! rounds that a burst of other work on the shared machine skewed. The tokio runtime has 2
 //! worker threads; the server shares the machine.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{fmt_dur, median, Ratio};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -512,45 +515,6 @@ where
     ALLOCATIONS.load(Ordering::SeqCst) as f64 / n as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn fmt_dur(d: Duration) -> String {
-    let ns = d.as_nanos();
-    if ns < 10_000 {
-        format!("{ns}ns")
-    } else if ns < 10_000_000 {
-        format!("{:.1}us", ns as f64 / 1e3)
-    } else {
-        format!("{:.2}ms", ns as f64 / 1e6)
-    }
-}
-
-/// A ratio between two contenders over the rounds.
-#[derive(Clone, Copy)]
-struct Ratio {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-/// The ratio of a median (over rounds) to one outside measurement, such as redis-benchmark's.
-fn against(ours: f64, theirs: f64) -> Ratio {
-    let r = ours / theirs;
-    Ratio {
-        median: r,
-        min: r,
-        max: r,
-    }
-}
-
 /// Medians across rounds of one contender at one concurrency.
 struct Summary {
     ops_per_sec: f64,
@@ -858,16 +822,13 @@ async fn bench(server: &RedisServer, rounds: u64, run_for: Duration) {
 
     // Per-round ratios of two contenders (`a` over `b`), as a median and a range.
     let per_round = |a: (Op, usize), b: (Op, usize), f: fn(&RunStats) -> f64| -> Ratio {
-        let ratios: Vec<f64> = results[&a]
-            .iter()
-            .zip(&results[&b])
-            .map(|(x, y)| f(x) / f(y))
-            .collect();
-        Ratio {
-            min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            max: ratios.iter().copied().fold(0.0, f64::max),
-            median: median(ratios),
-        }
+        Ratio::over(
+            results[&a]
+                .iter()
+                .zip(&results[&b])
+                .map(|(x, y)| f(x) / f(y))
+                .collect(),
+        )
     };
     let ops = |op: Op, conc: usize| (op, conc);
     let tput_of = |r: &RunStats| r.ops_per_sec;
@@ -908,14 +869,14 @@ async fn bench(server: &RedisServer, rounds: u64, run_for: Duration) {
     if let Some(p) = rb_pipelined {
         ratio(
             "hit_c64_vs_redis_benchmark_pipelined",
-            against(summaries[&(Op::HitCacheobj, 64)].ops_per_sec, p),
+            Ratio::against(summaries[&(Op::HitCacheobj, 64)].ops_per_sec, p),
             "throughput ratio against the server's pipelined ceiling",
         );
     }
     if let Some(c1) = rb_c1 {
         ratio(
             "hit_c1_vs_redis_benchmark_c1",
-            against(summaries[&(Op::HitCacheobj, 1)].ops_per_sec, c1),
+            Ratio::against(summaries[&(Op::HitCacheobj, 1)].ops_per_sec, c1),
             "throughput ratio against redis-benchmark with 1 client, no pipelining",
         );
     }

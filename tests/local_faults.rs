@@ -1117,9 +1117,9 @@ async fn without_client_tracking_the_tier_falls_back_to_redis() {
 /// `calls=` of `command` (say `client|tracking`) in `INFO commandstats` of the node on `port`.
 fn calls(port: u16, command: &str) -> u64 {
     let info = text(query(port, redis::cmd("INFO").arg("commandstats")).expect("INFO"));
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+    support::command_calls(&info)
+        .into_iter()
+        .find_map(|(name, calls)| (name == command).then_some(calls))
         .unwrap_or(0)
 }
 

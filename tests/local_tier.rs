@@ -128,30 +128,20 @@ async fn private_cluster_cache(test: &str) -> (support::cluster::RedisCluster, C
 
 /// `INFO commandstats` calls of every command but the tracking connections' heartbeat.
 async fn commands(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_ping:"))
-        .filter(|l| !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| l.split("calls=").nth(1))
-        .filter_map(|c| c.split(',').next()?.parse::<u64>().ok())
+    let info = support::commandstats(conn).await;
+    support::command_calls(&info)
+        .into_iter()
+        .filter(|(name, _)| !["ping", "info"].contains(name))
+        .map(|(_, calls)| calls)
         .sum()
 }
 
 /// `INFO commandstats` calls of one command.
 async fn calls_of(conn: &mut impl redis::aio::ConnectionLike, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    let head = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(head.as_str()))
-        .and_then(|c| c.split(',').next()?.parse().ok())
+    let info = support::commandstats(conn).await;
+    support::command_calls(&info)
+        .into_iter()
+        .find_map(|(name, calls)| (name == command).then_some(calls))
         .unwrap_or(0)
 }
 
@@ -586,29 +576,17 @@ fn node_conns(cluster: &support::cluster::RedisCluster) -> Vec<redis::Connection
 /// handshake, redis-rs's `CLIENT SETINFO`, is counted by Redis 7.2+ and Valkey, and as `client`
 /// by Redis 6.2).
 fn cluster_commands(conns: &mut [redis::Connection]) -> u64 {
-    const SKIP: [&str; 4] = [
-        "cmdstat_ping:",
-        "cmdstat_info:",
-        "cmdstat_cluster|slots:",
-        "cmdstat_cluster:",
-    ];
+    const SKIP: [&str; 4] = ["ping", "info", "cluster|slots", "cluster"];
     let mut total = 0;
     for conn in conns {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(conn)
             .expect("INFO commandstats");
-        total += info
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_") && !SKIP.iter().any(|s| l.starts_with(s)))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
+        total += support::command_calls(&info)
+            .into_iter()
+            .filter(|(name, _)| !SKIP.contains(name))
+            .map(|(_, calls)| calls)
             .sum::<u64>();
     }
     total

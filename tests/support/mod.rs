@@ -631,3 +631,22 @@ pub async fn wait_until(what: &str, limit: std::time::Duration, mut done: impl F
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+/// Each command's `calls=` in the text of `INFO commandstats` (`"get"`, `"client|tracking"`).
+pub fn command_calls(info: &str) -> Vec<(&str, u64)> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name, rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `INFO commandstats` of the server on `conn`, as text.
+pub async fn commandstats(conn: &mut impl redis::aio::ConnectionLike) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("INFO commandstats failed: {e}"))
+}
