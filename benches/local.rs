@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cacheobj::{Cache, CacheConfig, CacheKey, Strategy};
+use cacheobj::{Cache, CacheKey, Strategy};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use support::RedisServer;
@@ -274,12 +274,7 @@ async fn hold_locally(cache: &Cache, strategy: &Strategy<Item, ItemKey>, ids: &[
 /// `INFO commandstats` calls of every command but `ping` (the tracking heartbeat) and `info`
 /// (this check).
 async fn commands(conn: &mut MultiplexedConnection) -> u64 {
-    let info = support::commandstats(conn).await;
-    support::command_calls(&info)
-        .into_iter()
-        .filter(|(name, _)| !["ping", "info"].contains(name))
-        .map(|(_, calls)| calls)
-        .sum()
+    support::calls_except(conn, &["ping", "info"]).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -598,18 +593,7 @@ async fn bench(
     );
 
     // ---- set-up ----
-    let config = CacheConfig::builder()
-        .host("127.0.0.1")
-        .port(server.port)
-        .prefix(PREFIX)
-        // Generous, so no fetch under 64-task load fails open and runs its loader instead.
-        .response_timeout(Duration::from_secs(5))
-        .build();
-    let cache = Cache::connect(config).await.expect("Cache::connect");
-    cache
-        .ping()
-        .await
-        .expect("cacheobj cannot reach the bench Redis");
+    let cache = common::bench_cache(server.port, PREFIX).await;
     assert_eq!(
         cache
             .entry_key(&LOCAL, &ItemKey { item_id: 1 })
@@ -1026,6 +1010,37 @@ impl Memory {
     }
 }
 
+/// Fetches ids `start..=end` of `strategy` from `workers` tasks, each taking every
+/// `workers`-th id.
+async fn read_through(
+    env: &Arc<Env>,
+    strategy: &'static Strategy<Item, ItemKey>,
+    start: u64,
+    end: u64,
+    workers: u64,
+) {
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let env = env.clone();
+            tokio::spawn(async move {
+                let mut id = start + w;
+                while id <= end {
+                    let v = env
+                        .cache
+                        .fetch(strategy, &ItemKey { item_id: id }, || unexpected_load(id))
+                        .await
+                        .expect("infallible");
+                    std::hint::black_box(v);
+                    id += workers;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a reading task panicked");
+    }
+}
+
 fn item_bytes(v: &Item) -> usize {
     std::mem::size_of::<Item>()
         + v.name.capacity()
@@ -1042,27 +1057,7 @@ async fn memory_per_entry(env: &Arc<Env>, admin: &mut MultiplexedConnection, n: 
     hold_locally(&env.cache, &MEM, &[0], 1).await;
 
     start_measuring();
-    let workers = 16;
-    let tasks: Vec<_> = (0..workers)
-        .map(|w| {
-            let env = env.clone();
-            tokio::spawn(async move {
-                let mut id = 1 + w;
-                while id <= n {
-                    let v = env
-                        .cache
-                        .fetch(&MEM, &ItemKey { item_id: id }, || unexpected_load(id))
-                        .await
-                        .expect("infallible");
-                    std::hint::black_box(v);
-                    id += workers;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("memory task");
-    }
+    read_through(env, &MEM, 1, n, 16).await;
     let held = env.cache.local_len(&MEM).saturating_sub(1);
     let (bytes, _) = stop_measuring();
     assert!(
@@ -1147,26 +1142,7 @@ async fn scan_bound(env: &Arc<Env>, admin: &mut MultiplexedConnection, keys: u64
     while start <= keys {
         let end = (start + SCAN_SAMPLE - 1).min(keys);
         let workers = 64;
-        let tasks: Vec<_> = (0..workers)
-            .map(|w| {
-                let env = env.clone();
-                tokio::spawn(async move {
-                    let mut id = start + w;
-                    while id <= end {
-                        let v = env
-                            .cache
-                            .fetch(&SCAN, &ItemKey { item_id: id }, || unexpected_load(id))
-                            .await
-                            .expect("infallible");
-                        std::hint::black_box(v);
-                        id += workers;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("scan task");
-        }
+        read_through(env, &SCAN, start, end, workers).await;
         max_len = max_len.max(env.cache.local_len(&SCAN));
         samples += 1;
         start = end + 1;

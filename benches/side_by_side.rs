@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use support::RedisServer;
 
 use cached::{AsyncRedisCache, ConcurrentCachedAsync};
-use cacheobj::{Cache, CacheConfig};
+use cacheobj::Cache;
 use cacheobj_strategies::{Item, ItemKey, ITEM};
 use redis::aio::ConnectionManager;
 
@@ -585,18 +585,7 @@ async fn bench(server: &RedisServer, rounds: u64, run_for: Duration) {
         run_for.as_millis()
     );
 
-    let config = CacheConfig::builder()
-        .host("127.0.0.1")
-        .port(server.port)
-        .prefix(PREFIX)
-        // Generous, so no fetch under 64-task load fails open and runs its loader instead.
-        .response_timeout(Duration::from_secs(5))
-        .build();
-    let cache = Cache::connect(config).await.expect("Cache::connect");
-    cache
-        .ping()
-        .await
-        .expect("cacheobj cannot reach the bench Redis");
+    let cache = common::bench_cache(server.port, PREFIX).await;
     let raw = redis::Client::open(url.as_str())
         .expect("url")
         .get_connection_manager()

@@ -128,12 +128,7 @@ async fn private_cluster_cache(test: &str) -> (support::cluster::RedisCluster, C
 
 /// `INFO commandstats` calls of every command but the tracking connections' heartbeat.
 async fn commands(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
-    let info = support::commandstats(conn).await;
-    support::command_calls(&info)
-        .into_iter()
-        .filter(|(name, _)| !["ping", "info"].contains(name))
-        .map(|(_, calls)| calls)
-        .sum()
+    support::calls_except(conn, &["ping", "info"]).await
 }
 
 /// `INFO commandstats` calls of one command.

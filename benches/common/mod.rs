@@ -56,3 +56,22 @@ impl Ratio {
         }
     }
 }
+
+/// The benches' `Cache` on the throwaway server at `port`, checked to answer.
+pub async fn bench_cache(port: u16, prefix: &str) -> cacheobj::Cache {
+    let config = cacheobj::CacheConfig::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .prefix(prefix)
+        // Generous, so no fetch under 64-task load fails open and runs its loader instead.
+        .response_timeout(Duration::from_secs(5))
+        .build();
+    let cache = cacheobj::Cache::connect(config)
+        .await
+        .expect("Cache::connect");
+    cache
+        .ping()
+        .await
+        .expect("cacheobj cannot reach the bench Redis");
+    cache
+}

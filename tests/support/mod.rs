@@ -650,3 +650,14 @@ pub async fn commandstats(conn: &mut impl redis::aio::ConnectionLike) -> String 
         .await
         .unwrap_or_else(|e| panic!("INFO commandstats failed: {e}"))
 }
+
+/// `INFO commandstats` calls of every command but those in `skip` (say the heartbeat's
+/// `ping`, and `info`, the check itself).
+pub async fn calls_except(conn: &mut impl redis::aio::ConnectionLike, skip: &[&str]) -> u64 {
+    let info = commandstats(conn).await;
+    command_calls(&info)
+        .into_iter()
+        .filter(|(name, _)| !skip.contains(name))
+        .map(|(_, calls)| calls)
+        .sum()
+}
