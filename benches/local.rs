@@ -18,9 +18,10 @@
 //! 3. local-miss cost, vs the same reads of a strategy without `.local`: reads that miss a
 //!    full local tier far too small for the key set and go to Redis (its doorkeeper admits
 //!    none of them: a plain GET each), and reads that miss a tier with room and are kept
-//!    (copies that live 1 ms: a GET and a PTTL, then an insert); redis-rs GET and GET+PTTL
-//!    pipelined beside them show what the PTTL of a kept read costs, and what the MGET
-//!    coalescing of the other path saves;
+//!    (copies that live 1 ms: a GET, a PTTL only on a key's first read, then an insert); the
+//!    read without `.local` followed by an insert into a moka cache by hand shows what keeping
+//!    a read costs whoever keeps it; redis-rs GET and GET+PTTL pipelined beside them show
+//!    what the PTTL of a first kept read costs, and what the MGET coalescing of cacheobj saves;
 //! 4. memory per local entry (live bytes after holding N entries, by a counting allocator) vs
 //!    moka holding the same entries, and the bound under a scan of many distinct keys.
 //!
@@ -277,6 +278,15 @@ async fn commands(conn: &mut MultiplexedConnection) -> u64 {
     support::calls_except(conn, &["ping", "info"]).await
 }
 
+/// `INFO commandstats` calls of `PTTL`.
+async fn pttls(conn: &mut MultiplexedConnection) -> u64 {
+    let info = support::commandstats(conn).await;
+    support::command_calls(&info)
+        .into_iter()
+        .find_map(|(name, calls)| (name == "pttl").then_some(calls))
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Contenders and runs
 // ---------------------------------------------------------------------------------------------
@@ -289,6 +299,9 @@ struct Env {
     raw: MultiplexedConnection,
     /// redis-rs with its client-side cache (RESP3, `CLIENT TRACKING ON`).
     csc: MultiplexedConnection,
+    /// What `MissInsert` keeps its reads in: moka's sync cache (as the tier's stores), with
+    /// room for every key and a 1 ms life, as `MISS_KEPT`.
+    kept_by_hand: moka::sync::Cache<String, Item>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -307,6 +320,9 @@ enum Op {
     MissKept,
     /// cacheobj fetch of `MISS_PLAIN`: the same reads without a local tier.
     MissPlain,
+    /// The same, then an insert of the value into a moka cache by hand: the least a kept
+    /// read can cost with moka as the store.
+    MissInsert,
     /// redis-rs GET and PTTL pipelined, + decode: what a local miss sends, by hand.
     RawPipe,
 }
@@ -321,6 +337,7 @@ impl Op {
             Op::MissLocal => "cacheobj .local, local miss",
             Op::MissKept => "cacheobj .local, miss kept",
             Op::MissPlain => "cacheobj without .local",
+            Op::MissInsert => "without .local + moka insert",
             Op::RawPipe => "redis-rs GET+PTTL pipe+decode",
         }
     }
@@ -377,6 +394,7 @@ const SCENARIOS: &[Scenario] = &[
             Op::MissLocal,
             Op::MissKept,
             Op::MissPlain,
+            Op::MissInsert,
             Op::Raw,
             Op::RawPipe,
         ],
@@ -389,6 +407,7 @@ const SCENARIOS: &[Scenario] = &[
             Op::MissLocal,
             Op::MissKept,
             Op::MissPlain,
+            Op::MissInsert,
             Op::Raw,
             Op::RawPipe,
         ],
@@ -499,6 +518,18 @@ async fn worker(env: Arc<Env>, op: Op, task: u64, deadline: Instant, yields: boo
             let v: Item =
                 rmp_serde::from_slice(&bytes.expect("redis-rs hit path missed")).expect("decode");
             debug_assert_eq!(v.id, id);
+            std::hint::black_box(v);
+        }),
+        Op::MissInsert => timed!(MISS_KEYS, |id| {
+            let v = env
+                .cache
+                .fetch(&MISS_PLAIN, &ItemKey { item_id: id }, || {
+                    unexpected_load(id)
+                })
+                .await
+                .expect("infallible");
+            debug_assert_eq!(v.id, id);
+            env.kept_by_hand.insert(format!("kept:{id}"), v.clone());
             std::hint::black_box(v);
         }),
         Op::MissLocal | Op::MissKept | Op::MissPlain => {
@@ -635,11 +666,16 @@ async fn bench(
     for &id in &hot {
         moka.insert(format!("item:{id}"), item(id)).await;
     }
+    let kept_by_hand = moka::sync::Cache::builder()
+        .max_capacity(2 * MISS_KEYS)
+        .time_to_live(Duration::from_millis(1))
+        .build();
     let env = Arc::new(Env {
         cache,
         moka,
         raw,
         csc,
+        kept_by_hand,
     });
 
     // Warm-up: every contender once (the cache-aio connection reads each key once and keeps
@@ -664,6 +700,7 @@ async fn bench(
     let mut miss_errors: u64 = 0;
     let mut kept_hits: u64 = 0;
     let mut kept_fetches: u64 = 0;
+    let mut kept_pttls: u64 = 0;
     let flushes_before = env.cache.stats().local_flushes;
     for round in 0..rounds {
         for (si, s) in SCENARIOS.iter().enumerate() {
@@ -671,6 +708,7 @@ async fn bench(
             let shift = round as usize % order.len();
             order.rotate_left(shift);
             for op in order {
+                let pttls_before = pttls(&mut admin).await;
                 let commands_before = commands(&mut admin).await;
                 let stats_before = env.cache.stats();
                 let stats = run(&env, op, s, run_for).await;
@@ -692,6 +730,7 @@ async fn bench(
                         kept_hits += stats_after.local_hits - stats_before.local_hits;
                         kept_fetches += (stats_after.local_hits - stats_before.local_hits)
                             + (stats_after.local_misses - stats_before.local_misses);
+                        kept_pttls += pttls(&mut admin).await - pttls_before;
                     }
                     _ => {}
                 }
@@ -781,9 +820,12 @@ async fn bench(
     );
     println!(
         "kept-miss runs: {kept_hits} local hits of {kept_fetches} fetches ({:.2} %) with \
-         .local({}) and a 1 ms local TTL over {MISS_KEYS} keys; {} held at the end",
+         .local({}) and a 1 ms local TTL over {MISS_KEYS} keys, {kept_pttls} PTTLs \
+         ({:.2} per fetch: the expiry learned by a key's first kept read is reused); {} held \
+         at the end",
         100.0 * kept_hits as f64 / kept_fetches.max(1) as f64,
         2 * MISS_KEYS,
+        kept_pttls as f64 / kept_fetches.max(1) as f64,
         env.cache.local_len(&MISS_KEPT),
     );
     println!(
@@ -819,6 +861,9 @@ async fn bench(
     let miss64 = ratio_of(r(4, Op::MissLocal), r(4, Op::MissPlain), slower);
     let kept1 = ratio_of(r(3, Op::MissKept), r(3, Op::MissPlain), slower);
     let kept64 = ratio_of(r(4, Op::MissKept), r(4, Op::MissPlain), slower);
+    let insert1 = ratio_of(r(3, Op::MissInsert), r(3, Op::MissPlain), slower);
+    let insert64 = ratio_of(r(4, Op::MissInsert), r(4, Op::MissPlain), slower);
+    let kept_vs_insert64 = ratio_of(r(4, Op::MissKept), r(4, Op::MissInsert), slower);
     let pipe1 = ratio_of(r(3, Op::RawPipe), r(3, Op::Raw), slower);
     let pipe64 = ratio_of(r(4, Op::RawPipe), r(4, Op::Raw), slower);
     let plain64 = ratio_of(r(4, Op::MissPlain), r(4, Op::Raw), faster);
@@ -919,6 +964,27 @@ async fn bench(
         "<= 1.05",
         Some(kept64.median <= 1.05),
         "time per read, .local (missing, kept) / without .local, 64 tasks",
+    );
+    line(
+        "insert_by_hand_time_c1_vs_no_local",
+        insert1,
+        "",
+        None,
+        "time per read, without .local + moka insert / without .local, 1 task: keeping's floor",
+    );
+    line(
+        "insert_by_hand_time_c64_vs_no_local",
+        insert64,
+        "",
+        None,
+        "the same, 64 tasks",
+    );
+    line(
+        "local_kept_miss_time_c64_vs_insert_by_hand",
+        kept_vs_insert64,
+        "",
+        None,
+        "time per read, .local (missing, kept) / without .local + moka insert, 64 tasks",
     );
     line(
         "redis_rs_get_pttl_vs_get_c1",

@@ -26,8 +26,13 @@ impl Started {
         }
     }
 
-    /// The time since the first request went out (`None` without a timeout: the embedded
-    /// backend, which reads no clock).
+    /// When the first request went out (`None` without a timeout: the embedded backend,
+    /// which reads no clock).
+    pub(crate) fn at(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// The time since the first request went out (`None` as for [`at`](Self::at)).
     pub(crate) fn elapsed(&self) -> Option<Duration> {
         self.at.map(|at| at.elapsed())
     }

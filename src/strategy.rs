@@ -353,7 +353,10 @@ macro_rules! local_kinds {
             /// Besides its entries, the tier of a strategy holds two small filters sized by
             /// `max_entries` (which keys it may hold, and which missed lately): at least 6 KiB,
             /// 6.5 bytes per entry of the bound at 10,000 entries, 4 at 100,000, and at most
-            /// 2.2 MiB.
+            /// 2.2 MiB. The cache also remembers when the entries of the keys it kept expire,
+            /// so that a key read again after its copy lived its local TTL needs no `PTTL`:
+            /// 16 bytes a slot, in slots that grow with the keys remembered, up to two per
+            /// entry of all local strategies' bounds and 4 MiB.
             ///
             /// Only [`Obj`] and [`Counter`] strategies have a local tier. On the embedded
             /// backend it is not used: that store is already in process.

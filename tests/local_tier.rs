@@ -41,6 +41,13 @@ const LONG_COUNT: Strategy<i64, ItemKey, Counter> = Strategy::counter("longcount
     .local(1_000)
     .local_ttl(Duration::from_secs(3600));
 
+/// Copies that live 300 ms of entries that live ten minutes: a read after a copy ended is a
+/// local miss of a key whose entry has not changed.
+const BRIEF: Strategy<Item, ItemKey> = Strategy::obj("brief:<item_id>")
+    .expire(600)
+    .local(1_000)
+    .local_ttl(Duration::from_millis(300));
+
 const LIVE: Duration = Duration::from_secs(20);
 
 fn item(id: u64, name: &str) -> Item {
@@ -750,4 +757,101 @@ async fn on_the_cluster_a_copy_ends_with_the_entry_even_when_redis_announces_not
     let (cluster, cache) = private_cluster_cache("local_ttl_silent_cluster").await;
     let mut conns = tokio::task::block_in_place(|| node_conns(&cluster));
     copies_die_with_the_entry("cluster", &cache, &mut conns).await;
+}
+
+/// A kept read learns when its entry expires. Until something changes the entry (which Redis
+/// announces), the key's next reads, once their copies lived their local TTL, are GETs with no
+/// PTTL; the copies they keep still end with the entry, even when Redis announces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_read_again_keeps_the_expiry_it_learned_until_the_entry_changes() {
+    let server = RedisServer::start();
+    let cache = private_cache(&server, "local_expiry").await;
+    let mut raw = support::raw_conn_to(&server.url()).await;
+    warm(&cache, &BRIEF, 1, "old").await;
+    let pttl = calls_of(&mut raw, "pttl").await;
+    assert!(pttl >= 1, "the first kept read asked for no TTL");
+    for round in 0..3 {
+        wait_until("the copy lived its local TTL", LIVE, || {
+            cache.local_len(&BRIEF) == 0
+        })
+        .await;
+        let misses = cache.strategy_stats(&BRIEF).local_misses;
+        warm(&cache, &BRIEF, 1, "unused").await;
+        assert!(cache.strategy_stats(&BRIEF).local_misses > misses);
+        assert_eq!(
+            calls_of(&mut raw, "pttl").await,
+            pttl,
+            "round {round}: a read of an unchanged entry asked for its TTL again"
+        );
+    }
+
+    // Another client's change of the TTL is announced: the next kept read asks again.
+    let redis_key = entry_redis_key(&cache, &BRIEF, &ItemKey { item_id: 1 });
+    let invalidations = cache.stats().local_invalidations;
+    let set: i64 = redis::cmd("PEXPIRE")
+        .arg(&redis_key)
+        .arg(6_000)
+        .query_async(&mut raw)
+        .await
+        .expect("PEXPIRE");
+    // The entry now ends at most 6 s from here: its copies end some 20 times before it does.
+    let ends_by = std::time::Instant::now() + Duration::from_millis(6_000);
+    assert_eq!(set, 1, "PEXPIRE found no entry");
+    wait_until("the PEXPIRE is announced", LIVE, || {
+        cache.stats().local_invalidations > invalidations
+    })
+    .await;
+    warm(&cache, &BRIEF, 1, "unused").await;
+    assert_eq!(
+        calls_of(&mut raw, "pttl").await,
+        pttl + 1,
+        "the read after the change did not ask for the new TTL"
+    );
+
+    // With writes paused Redis expires nothing, so announces nothing: copies kept by the
+    // expiry learned must end with the entry all the same.
+    let announced = cache.stats().local_invalidations;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(30_000)
+        .arg("WRITE")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT PAUSE");
+    let calls = AtomicUsize::new(0);
+    // Local hits, and those on a copy kept after the one before it ended.
+    let (mut hits, mut kept_again, mut missed) = (0, 0, false);
+    let deadline = std::time::Instant::now() + LIVE;
+    while calls.load(Ordering::SeqCst) == 0 {
+        let before = std::time::Instant::now();
+        let local = cache.strategy_stats(&BRIEF).local_hits;
+        let got = fetch(&cache, &BRIEF, 1, &calls, "new").await;
+        if cache.strategy_stats(&BRIEF).local_hits > local {
+            assert!(
+                before < ends_by,
+                "a copy was served after its entry expired"
+            );
+            assert_eq!(got, item(1, "old"));
+            hits += 1;
+            kept_again += usize::from(std::mem::take(&mut missed));
+        } else {
+            missed = true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
+    }
+    let silent = cache.stats().local_invalidations == announced;
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT UNPAUSE");
+    assert!(silent, "an invalidation came while writes were paused");
+    assert!(
+        kept_again > 0,
+        "no copy was kept again while the entry lived ({hits} local hits)"
+    );
+    eprintln!("{hits} local hits while paused, {kept_again} copies kept after one ended");
 }

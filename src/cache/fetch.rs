@@ -6,6 +6,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use super::load::Load;
+use super::local::TtlRead;
 use super::Cache;
 use crate::backend::Lookup;
 use crate::budget::Started;
@@ -159,8 +160,10 @@ impl Cache {
             Some(_) => self.local_ticket(strategy, &entry.key),
             None => None,
         };
-        // A local copy must not outlive the entry: a read that may be kept reads its TTL too.
-        let read = if early || ticket.is_some() {
+        // A local copy must not outlive the entry: a read that may be kept reads its TTL too,
+        // unless its ticket knows when the entry expires.
+        let with_ttl = early || TtlRead::needed(ticket.as_ref());
+        let read = if with_ttl {
             inner.backend.read_with_ttl(loc).await
         } else {
             inner.backend.read(loc).await.map(|l| (l, None))
@@ -173,6 +176,7 @@ impl Cache {
                 Some(value) => {
                     op.bump(Event::Hit);
                     if let Some(ticket) = ticket {
+                        let ttl = TtlRead::of(with_ttl, ttl);
                         self.keep_local(strategy, ticket, &entry.key, &value, ttl, started);
                     }
                     if early && should_refresh(ttl, strategy.early_refresh_ms()) {

@@ -1,11 +1,9 @@
 //! What the local tier ([`Strategy::local`]) shows of itself, and how a read of Redis
 //! (`fetch`, `fetch_many`) enters it.
 
-use std::time::Duration;
-
 use super::Cache;
 use crate::budget::Started;
-use crate::local::Ticket;
+use crate::local::{Expiry, Ticket};
 use crate::strategy::Strategy;
 
 impl Cache {
@@ -57,32 +55,74 @@ impl Cache {
     ) -> Option<Ticket> {
         let tier = self.inner.local.as_ref()?;
         let spec = strategy.local_spec()?;
-        let head = strategy.key_template().split('<').next().unwrap_or("");
-        let prefix = || [&self.inner.prefix[..], head.as_bytes()].concat();
+        // Only a strategy's first ticket needs its prefix: not worked out on every read.
+        let prefix = || {
+            let head = strategy.key_template().split('<').next().unwrap_or("");
+            [&self.inner.prefix[..], head.as_bytes()].concat()
+        };
         tier.ticket(strategy.local_id(), &spec, prefix, key)
     }
 
-    /// Keeps `value`, read from the entry at `key` under `ticket` with `ttl_ms` left of the
-    /// entry's TTL (`None`: no expiry), for at most the strategy's local TTL. Both count from
-    /// `started`, before the read went out: the TTL was read some time before its reply got
-    /// here, so a copy never outlives the entry.
+    /// Keeps `value`, read from the entry at `key` under `ticket`, for at most the strategy's
+    /// local TTL and never past the entry's expiry: the one `ttl` read with the value, or,
+    /// when the read did not ask, the one the ticket knew. Both count from `started`, before
+    /// the read went out: a TTL read some time before its reply got here, so a copy never
+    /// outlives the entry.
     pub(crate) fn keep_local<V, K, Kd>(
         &self,
         strategy: &Strategy<V, K, Kd>,
         ticket: Ticket,
         key: &[u8],
         value: &V,
-        ttl_ms: Option<u64>,
+        ttl: TtlRead,
         started: Started,
     ) {
         let (Some(tier), Some(spec)) = (self.inner.local.as_ref(), strategy.local_spec()) else {
             return;
         };
-        let mut keep_for = strategy.local_ttl_time();
-        if let Some(left) = ttl_ms {
-            keep_for = keep_for.min(Duration::from_millis(left));
+        // Only Redis has a tier that goes live, and its reads always start a clock.
+        let Some(sent) = started.at() else {
+            return;
+        };
+        let ticket = match ttl {
+            TtlRead::Pttl(ms) => ticket.learned(Expiry::from_pttl(sent, ms)),
+            TtlRead::NotAsked => ticket,
+        };
+        // A read that neither asked nor knew (none is sent so) keeps nothing.
+        let Some(expiry) = ticket.expiry() else {
+            return;
+        };
+        let mut keep_for = strategy
+            .local_ttl_time()
+            .saturating_sub(started.elapsed().unwrap_or_default());
+        if let Some(left) = expiry.left() {
+            keep_for = keep_for.min(left);
         }
-        let keep_for = keep_for.saturating_sub(started.elapsed().unwrap_or_default());
         tier.keep(strategy.local_id(), &spec, ticket, key, value, keep_for);
+    }
+}
+
+/// What a read that may be kept said of its entry's TTL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TtlRead {
+    /// It did not ask: its ticket knew when the entry expires ([`Ticket::expiry`]).
+    NotAsked,
+    /// Its PTTL: milliseconds left, `None` for no expiry.
+    Pttl(Option<u64>),
+}
+
+impl TtlRead {
+    /// Whether a read under `ticket` must ask for the TTL to be kept.
+    pub(crate) fn needed(ticket: Option<&Ticket>) -> bool {
+        ticket.is_some_and(|t| t.expiry().is_none())
+    }
+
+    /// What a read said: `ttl` if it `asked`.
+    pub(crate) fn of(asked: bool, ttl: Option<u64>) -> TtlRead {
+        if asked {
+            TtlRead::Pttl(ttl)
+        } else {
+            TtlRead::NotAsked
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use super::local::TtlRead;
 use super::Cache;
 use crate::backend::{Acquire, Entry, Loc, Lookup, Token};
 use crate::budget::Started;
@@ -226,12 +227,14 @@ impl Cache {
         } else {
             Vec::new()
         };
-        let keeping = tickets.iter().any(Option::is_some);
+        // Tickets that know their entries' expiries need no PTTL; one that does not asks for
+        // every key's (one pipeline either way).
+        let with_ttl = tickets.iter().any(|t| TtlRead::needed(t.as_ref()));
         // Duplicates are read like any key (MGET repeats the value), so the all-hit path
         // needs no de-duplication.
         let read = {
             let locs: Vec<Loc<'_>> = wanted.iter().map(|w| w.entry.loc()).collect();
-            let read = if keeping {
+            let read = if with_ttl {
                 // A local copy must not outlive its entry: read the TTLs too.
                 inner.backend.read_many_with_ttl(&locs).await
             } else {
@@ -261,7 +264,7 @@ impl Cache {
                                         ticket,
                                         &w.entry.key,
                                         &v,
-                                        ttl,
+                                        TtlRead::of(with_ttl, ttl),
                                         started,
                                     );
                                 }

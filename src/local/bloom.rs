@@ -1,11 +1,14 @@
-//! A concurrent Bloom filter of two probes, the bits of the tier's two key filters
+//! A concurrent blocked Bloom filter of two probes, the bits of the tier's two key filters
 //! (`admission`, `presence`). Bits are set and read with relaxed atomics: either filter may be
 //! wrong in either direction while it is cleared under a reader, and neither decides what is
 //! served (see each), so a wrong answer costs a Redis read or a copy kept, never coherence.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A bitset probed at two places per key.
+/// A bitset probed at two bits of one 64-bit word per key: a lookup reads one cache line and
+/// an insert writes at most one, where two probes anywhere in the set touched two. With 64
+/// tasks on 2 threads each miss of a full tier marks a key in a filter both threads write, and
+/// every line written moves between their caches.
 pub(crate) struct Bloom {
     words: Box<[AtomicU64]>,
 }
@@ -45,34 +48,30 @@ impl Bloom {
         self.words.len() as u64 * 64
     }
 
-    /// The word and the bit in it of each probe of `hash`.
-    fn probes(&self, hash: u64) -> [(usize, u64); 2] {
-        let last = self.bits() - 1;
-        [hash, hash.rotate_left(32)].map(|h| {
-            let bit = h & last;
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
+    /// The word of `hash`, and the mask of its two bits in it. The word comes from the low
+    /// bits of the hash, the bits from its top twelve, so the two never depend on each other.
+    fn probe(&self, hash: u64) -> (usize, u64) {
+        let word = (hash as usize) & (self.words.len() - 1);
+        let mask = (1u64 << (hash >> 58)) | (1u64 << ((hash >> 52) & 63));
+        (word, mask)
     }
 
     /// Whether both bits of `hash` are set.
     pub(crate) fn contains(&self, hash: u64) -> bool {
-        self.probes(hash)
-            .iter()
-            .all(|&(word, mask)| self.words[word].load(Ordering::Relaxed) & mask != 0)
+        let (word, mask) = self.probe(hash);
+        self.words[word].load(Ordering::Relaxed) & mask == mask
     }
 
     /// Sets both bits of `hash`; whether one of them was not set yet.
     pub(crate) fn insert(&self, hash: u64) -> bool {
-        let mut new = false;
-        for (word, mask) in self.probes(hash) {
-            let word = &self.words[word];
-            // Reading first: a key set already writes no shared line.
-            if word.load(Ordering::Relaxed) & mask == 0 {
-                word.fetch_or(mask, Ordering::Relaxed);
-                new = true;
-            }
+        let (word, mask) = self.probe(hash);
+        let word = &self.words[word];
+        // Reading first: a key set already writes no shared line.
+        if word.load(Ordering::Relaxed) & mask == mask {
+            return false;
         }
-        new
+        word.fetch_or(mask, Ordering::Relaxed);
+        true
     }
 
     /// Clears every bit.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use redis::PushInfo;
 
 use self::guard::Guard;
-pub(crate) use self::guard::Ticket;
+pub(crate) use self::guard::{Expiry, Ticket};
 use self::store::AnyStore;
 pub(crate) use self::store::LocalSpec;
 pub(crate) use self::tracking::{Source, Timing};
@@ -222,7 +222,8 @@ impl LocalTier {
         self.shared.guard.ticket(key)
     }
 
-    /// Keeps `value` for `ttl` if nothing invalidated `key` since `ticket` was taken.
+    /// Keeps `value` for `ttl` if nothing invalidated `key` since `ticket` was taken, and
+    /// remembers the entry's expiry if the read learned it ([`Ticket::learned`]).
     pub(crate) fn keep<V>(
         &self,
         id: StoreId,
@@ -278,6 +279,7 @@ impl LocalTier {
             }
             let store = spec.make();
             stores.insert(id, store.clone());
+            self.shared.guard.add_room(spec.capacity);
             if let Some(slot) = self.shared.unlocked.iter().find(|s| s.get().is_none()) {
                 // Slots are set only here, under the write lock: this one is still free.
                 let _ = slot.set((id, store));

@@ -6,7 +6,9 @@ use std::time::Duration;
 use redis::Value;
 
 use super::breaker::Scope;
-use super::reply::{coded_reply, into_i64, is_wrong_type, opt_u64, string_lookup, unexpected};
+use super::reply::{
+    coded_reply, into_i64, is_wrong_type, opt_u64, pttl_ms, string_lookup, unexpected,
+};
 use super::scripts::*;
 use super::{key_cmd, RedisBackend};
 use crate::backend::{Acquire, Loc, Lookup, Marker, Token};
@@ -78,8 +80,7 @@ impl RedisBackend {
 
     pub(crate) async fn read_with_ttl(&self, loc: Loc<'_>) -> Result<(Lookup, Option<u64>), Error> {
         let read = self.get_with_ttl(loc.key).await?;
-        let ttl = into_i64(&read.pttl).and_then(|t| u64::try_from(t).ok());
-        Ok((string_lookup(read.value), ttl))
+        Ok((string_lookup(read.value), pttl_ms(&read.pttl)))
     }
 
     pub(crate) async fn acquire(
@@ -361,12 +362,8 @@ impl RedisBackend {
             .into_iter()
             .zip(ttls)
             .map(|(lookup, pttl)| {
-                let ttl = match pttl.ok().as_ref().and_then(into_i64) {
-                    // No expiry (-1), or gone since the MGET (-2): as `read_with_ttl` says.
-                    Some(ms) => u64::try_from(ms).ok(),
-                    // A PTTL that failed leaves the TTL unknown: a TTL of 0 keeps nothing.
-                    None => Some(0),
-                };
+                // A PTTL that failed leaves the TTL unknown: a TTL of 0 keeps nothing.
+                let ttl = pttl.map_or(Some(0), |v| pttl_ms(&v));
                 (lookup, ttl)
             })
             .collect())

@@ -43,6 +43,17 @@ pub(super) fn into_i64(v: &Value) -> Option<i64> {
     }
 }
 
+/// The milliseconds a PTTL reply gives the entry: `None` for no expiry (-1); 0 for an entry
+/// gone since it was read (-2) and for a reply that is no TTL, so that nothing read with it
+/// outlives the entry.
+pub(super) fn pttl_ms(v: &Value) -> Option<u64> {
+    match into_i64(v) {
+        Some(-1) => None,
+        Some(ms) => Some(u64::try_from(ms).unwrap_or(0)),
+        None => Some(0),
+    }
+}
+
 /// Turns a read of a string value into a lookup.
 pub(super) fn string_lookup(v: Value) -> Lookup {
     match v {
@@ -91,6 +102,14 @@ pub(super) fn opt_u64(v: Value) -> Result<Option<u64>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pttl_reply_never_gives_more_time_than_the_entry_has() {
+        assert_eq!(pttl_ms(&Value::Int(1500)), Some(1500));
+        assert_eq!(pttl_ms(&Value::Int(-1)), None, "no expiry");
+        assert_eq!(pttl_ms(&Value::Int(-2)), Some(0), "gone since it was read");
+        assert_eq!(pttl_ms(&Value::Nil), Some(0), "not a TTL");
+    }
 
     #[test]
     fn replies_of_unexpected_shape_are_errors_not_panics() {
