@@ -148,6 +148,73 @@ async fn tls_with_the_signing_ca_caches() {
     check_tls_works(support::tls_url()).await;
 }
 
+/// A local-tier strategy over TLS: its tracking connection is made with the same CA, so the
+/// tier goes live, answers from memory, and drops a copy that another cache's write replaced.
+#[tokio::test]
+async fn over_tls_the_local_tier_tracks_and_is_coherent() {
+    const LOCAL: Strategy<Row, K> = Strategy::<Row, K>::obj("local:<id>").expire(60).local(100);
+    let config = tls_config(support::tls_url(), Some(support::ca_cert()), "tls_local");
+    let prefix = config.prefix.clone();
+    let cache = Cache::connect(config).await.expect("connect over TLS");
+    let other = Cache::connect(
+        CacheConfig::builder()
+            .url(support::tls_url())
+            .ca_cert(support::ca_cert())
+            .prefix(prefix)
+            .response_timeout(Duration::from_secs(2))
+            .build(),
+    )
+    .await
+    .expect("connect over TLS");
+    let load = |name: &'static str| move || async move { Ok::<_, Infallible>(row(1, name)) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The first fetch fills and starts tracking; a later one reads the fill back and keeps it.
+    while cache.stats().local_hits == 0 {
+        assert_eq!(
+            cache
+                .fetch(&LOCAL, &K { id: 1 }, load("old"))
+                .await
+                .unwrap(),
+            row(1, "old")
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no local hit over TLS within 20 s: {:?}",
+            cache.stats()
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(cache.local_live(), "tracking over TLS is not live");
+    assert_eq!(cache.local_len(&LOCAL), 1);
+
+    // Another cache's write is announced over the TLS tracking connection.
+    other
+        .invalidate(&LOCAL, &K { id: 1 })
+        .await
+        .expect("invalidate");
+    let filled = other
+        .fetch(&LOCAL, &K { id: 1 }, load("new"))
+        .await
+        .unwrap();
+    assert_eq!(filled, row(1, "new"));
+    while cache.local_len(&LOCAL) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the write was not announced over TLS: {:?}",
+            cache.stats()
+        );
+        tokio::task::yield_now().await;
+    }
+    let got = cache
+        .fetch(&LOCAL, &K { id: 1 }, load("unused"))
+        .await
+        .unwrap();
+    assert_eq!(got, row(1, "new"), "the replaced copy was served");
+    let stats = cache.stats();
+    assert!(stats.local_invalidations > 0, "{stats:?}");
+    assert_eq!(stats.local_flushes, 0, "{stats:?}");
+}
+
 /// The server certificate names both `127.0.0.1` (IP SAN) and `localhost` (DNS SAN): either
 /// host verifies.
 #[tokio::test]
