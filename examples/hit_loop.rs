@@ -4,7 +4,8 @@
 //! user would, a `future::Cache<String, Item>` keyed by the key formatted per call (`moka`), or
 //! reads that miss a local tier far smaller than the items and go to Redis (`local-miss`), or
 //! miss a tier with room and are kept (`kept-miss`: copies live 1 ms), against the same reads
-//! of the strategy without a local tier (`plain-miss`), from
+//! of the strategy without a local tier (`plain-miss`), and those followed by an insert into a
+//! moka cache by hand (`insert-miss`: what keeping a read costs whoever keeps it), from
 //! `HIT_LOOP_TASKS` tasks (default 1), `HIT_LOOP_HITS` hits each (default 100,000). Prints
 //! the hits and the time they took. Needs a Redis at `HIT_LOOP_URL`; `scripts/instructions_per_hit.sh` starts a
 //! throwaway one and counts instructions per hit with callgrind.
@@ -17,6 +18,7 @@
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- local-miss
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- kept-miss
 //! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- plain-miss
+//! HIT_LOOP_URL=redis://127.0.0.1:6390 cargo run --release --example hit_loop -- insert-miss
 //! ```
 
 use std::convert::Infallible;
@@ -46,6 +48,7 @@ enum Mode {
     LocalMiss,
     KeptMiss,
     PlainMiss,
+    InsertMiss,
 }
 
 const ITEMS: u64 = 1000;
@@ -70,9 +73,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("local-miss") => Mode::LocalMiss,
         Some("kept-miss") => Mode::KeptMiss,
         Some("plain-miss") => Mode::PlainMiss,
+        Some("insert-miss") => Mode::InsertMiss,
         Some(other) => {
             return Err(format!(
-                "unknown mode {other:?}: cacheobj, raw, local, moka, local-miss, kept-miss or plain-miss"
+                "unknown mode {other:?}: cacheobj, raw, local, moka, local-miss, kept-miss, \
+                 plain-miss or insert-miss"
             )
             .into())
         }
@@ -105,6 +110,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .get_connection_manager()
         .await?;
     let moka = moka::future::Cache::<String, Item>::new(2 * ITEMS);
+    // What `insert-miss` keeps its reads in: moka's sync cache, as the local tier's stores,
+    // with room for every item and copies that live 1 ms, as `BRIEF_LOCAL_ITEM`'s.
+    let kept_by_hand = moka::sync::Cache::<String, Item>::builder()
+        .max_capacity(4 * ITEMS)
+        .time_to_live(std::time::Duration::from_millis(1))
+        .build();
     match mode {
         Mode::Local => warm_local(&cache).await?,
         Mode::Moka => {
@@ -116,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 moka.insert(format!("{PREFIX}item:{item_id}"), item).await;
             }
         }
-        Mode::Cacheobj | Mode::Raw | Mode::PlainMiss => {}
+        Mode::Cacheobj | Mode::Raw | Mode::PlainMiss | Mode::InsertMiss => {}
         Mode::LocalMiss => wait_live(&cache, &SMALL_LOCAL_ITEM).await?,
         // One strategy per template and process: the first one used makes the store.
         Mode::KeptMiss => wait_live(&cache, &BRIEF_LOCAL_ITEM).await?,
@@ -129,7 +140,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut handles = Vec::new();
     for task in 0..tasks {
         let (cache, hits, mut conn) = (cache.clone(), hits.clone(), raw.clone());
-        let moka = moka.clone();
+        let (moka, kept_by_hand) = (moka.clone(), kept_by_hand.clone());
         handles.push(tokio::spawn(async move {
             let mut i = task * 7919;
             let mut n = 0;
@@ -147,6 +158,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .get(&format!("{PREFIX}item:{item_id}"))
                         .await
                         .ok_or("a hit loop missed")?,
+                    Mode::InsertMiss => {
+                        let item = cache
+                            .fetch(&ITEM, &ItemKey { item_id }, || async {
+                                Err::<Item, _>("a hit loop missed")
+                            })
+                            .await?;
+                        kept_by_hand.insert(format!("{PREFIX}item:{item_id}"), item.clone());
+                        item
+                    }
                     Mode::Cacheobj
                     | Mode::Local
                     | Mode::LocalMiss
@@ -187,6 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::LocalMiss => "local-miss",
         Mode::KeptMiss => "kept-miss",
         Mode::PlainMiss => "plain-miss",
+        Mode::InsertMiss => "insert-miss",
     };
     let hits = hits.load(Ordering::Relaxed);
     let took = started.elapsed();
