@@ -70,7 +70,8 @@ skips_for() {
             for t in tls_with_the_signing_ca_caches tls_verifies_the_localhost_name_too \
                 tls_with_a_ca_that_did_not_sign_the_server_fails_open \
                 tls_without_a_ca_cert_trusts_only_the_system_roots_and_fails_open \
-                a_ca_cert_without_any_certificate_is_refused_or_fails_open; do
+                a_ca_cert_without_any_certificate_is_refused_or_fails_open \
+                over_tls_the_local_tier_tracks_and_is_coherent; do
                 echo "$t|$no_tls"
             done
             # These two fail before connecting, but build their config from the TLS URL.
