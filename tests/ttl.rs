@@ -3,11 +3,11 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, Counter, Hash, List, Set, Strategy};
 use cacheobj_strategies::{Item, ItemKey, ITEM, ITEM_HASH, ITEM_MEMBERS, ITEM_STAT, ITEM_TAGS};
-use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache};
+use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache, wait_until_gone};
 
 const DAY_MS: i64 = 86_400_000;
 const MIN_MS: i64 = 60_000;
@@ -197,17 +197,25 @@ async fn entries_of_every_kind_expire_on_both_backends() {
                 .fetch(&S_LIST, &empty, || ok(Vec::<u64>::new()))
                 .await
                 .unwrap();
+            let filled = Instant::now();
             assert_eq!(
                 cached(&cache, &key, &empty).await,
                 [true; 6],
                 "{name}: right after the fills"
             );
 
-            tokio::time::sleep(Duration::from_millis(1250)).await;
+            // The 1 s TTLs pass: every entry is gone, none still there 1.25 s after the fills.
+            wait_until_gone(
+                &format!("{name}: an entry"),
+                filled,
+                Duration::from_millis(1250),
+                || async { cached(&cache, &key, &empty).await != [false; 6] },
+            )
+            .await;
             assert_eq!(
                 cached(&cache, &key, &empty).await,
                 [false; 6],
-                "{name}: after 1.25 s"
+                "{name}: after the TTL"
             );
             assert_eq!(
                 cache.get_counter(&S_COUNTER, &key).await.unwrap(),
@@ -281,26 +289,47 @@ async fn jittered_entries_live_between_the_bounds_on_both_backends() {
     for (name, cache) in backends("ttl_jitter_expiry").await {
         tasks.push(tokio::spawn(async move {
             let keys: Vec<ItemKey> = (0..10).map(|id| ItemKey { item_id: id }).collect();
+            // When each fill began and ended: its TTL started in between.
+            let mut written = Vec::new();
             for k in &keys {
+                let before = Instant::now();
                 cache
                     .fetch(&JITTER_2S, k, || ok(item(k.item_id)))
                     .await
                     .unwrap();
+                written.push((before, Instant::now()));
             }
-            // Every TTL is in [1 s, 2 s].
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            for k in &keys {
-                assert!(
-                    cache.exists(&JITTER_2S, k).await.unwrap(),
-                    "{name}: {k:?} gone before 1 s"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1550)).await;
-            for k in &keys {
-                assert!(
-                    !cache.exists(&JITTER_2S, k).await.unwrap(),
-                    "{name}: {k:?} outlived 2 s"
-                );
+            // Every TTL is in [1 s, 2 s]: poll each entry until it is gone. Seen gone less than
+            // 1 s after its fill began, it expired early; seen there more than 2 s (plus 150 ms
+            // of slack) after its fill ended, it outlived its TTL. A stalled poll only sees
+            // less, it cannot fail either check.
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut left: Vec<usize> = (0..keys.len()).collect();
+            while !left.is_empty() {
+                tick.tick().await;
+                let mut still = Vec::new();
+                for i in left {
+                    let (k, (fill_began, fill_ended)) = (&keys[i], written[i]);
+                    let asked = Instant::now();
+                    let exists = cache.exists(&JITTER_2S, k).await.unwrap();
+                    let answered = Instant::now();
+                    if exists {
+                        let age = asked.duration_since(fill_ended);
+                        assert!(
+                            age <= Duration::from_millis(2150),
+                            "{name}: {k:?} outlived 2 s (still there {age:?} after its fill)"
+                        );
+                        still.push(i);
+                    } else {
+                        // Redis keeps expiry times in whole milliseconds: 10 ms of rounding.
+                        let age = answered.duration_since(fill_began);
+                        assert!(
+                            age >= Duration::from_millis(990),
+                            "{name}: {k:?} gone before 1 s (gone {age:?} after its fill began)"
+                        );
+                    }
+                }
+                left = still;
             }
         }));
     }
@@ -323,7 +352,14 @@ async fn extreme_expire_and_lease_values_cache_like_any_other() {
         .fetch(&ITEM, &ItemKey { item_id: 0 }, || ok(item(0)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The clock started during that fetch, so before this instant.
+    let clock_started = Instant::now();
+    support::wait_until(
+        "the memory backend's clock is past 0 ms",
+        Duration::from_secs(10),
+        || clock_started.elapsed() >= Duration::from_millis(5),
+    )
+    .await;
 
     let mut failures = Vec::new();
     for (name, cache) in backends("ttl_extreme").await {

@@ -661,3 +661,49 @@ pub async fn calls_except(conn: &mut impl redis::aio::ConnectionLike, skip: &[&s
         .map(|(_, calls)| calls)
         .sum()
 }
+
+/// Polls `present` (is the entry still there?) every 10 ms until it says no: how tests wait
+/// for a TTL to pass without sleeping it. Panics if it still says yes when checked more than
+/// `within` after `since` (the instant before the entry was written): the entry outlived its TTL.
+pub async fn wait_until_gone<F, Fut>(what: &str, since: Instant, within: Duration, mut present: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let checked = Instant::now();
+        if !present().await {
+            return;
+        }
+        let age = checked.duration_since(since);
+        assert!(
+            age <= within,
+            "{what} was still there {age:?} after it was written (expected gone within {within:?})"
+        );
+    }
+}
+
+/// Polls the async condition `done` every 2 ms until it holds; panics with `what` after
+/// `limit`. The async twin of [`wait_until`], for conditions that need a Redis round trip.
+pub async fn wait_until_async<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if done().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting until {what}"
+        );
+        tick.tick().await;
+    }
+}
