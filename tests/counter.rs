@@ -3,11 +3,11 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, Counter, Strategy};
 use cacheobj_strategies::{ItemKey, ITEM_STAT};
-use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache};
+use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache, wait_until_gone};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -233,7 +233,7 @@ const SHORT_STAT: Strategy<i64, ItemKey, Counter> =
 
 #[tokio::test]
 async fn incr_or_create_creates_with_a_ttl_then_increments() {
-    // All backends at once, so the sleep is paid once.
+    // All backends at once, so the wait for the TTL is paid once.
     let mut tasks = Vec::new();
     for (name, cache) in backends("counter_incr_or_create").await {
         tasks.push(tokio::spawn(async move {
@@ -277,7 +277,15 @@ async fn incr_or_create_creates_with_a_ttl_then_increments() {
                 2,
                 "{name}"
             );
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let incremented = Instant::now();
+            // The 1 s TTL passes (incr keeps the TTL set at creation): gone within 1.2 s.
+            wait_until_gone(
+                &format!("{name}: the created counter"),
+                incremented,
+                Duration::from_millis(1200),
+                || async { cache.exists(&SHORT_STAT, &short).await.unwrap() },
+            )
+            .await;
             assert_eq!(
                 cache.get_counter(&SHORT_STAT, &short).await.unwrap(),
                 None,
