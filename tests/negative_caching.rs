@@ -3,11 +3,11 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, List, Set, Strategy};
 use cacheobj_strategies::{Item, ItemKey, MAYBE_ITEM};
-use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache};
+use support::{backends, entry_redis_key, raw_conn, raw_pttl, redis_cache, wait_until_gone};
 
 async fn fetch_maybe(
     cache: &Cache,
@@ -89,11 +89,19 @@ async fn none_expires_after_the_negative_ttl_while_some_stays() {
             let (missing, present) = (ItemKey { item_id: 1 }, ItemKey { item_id: 2 });
             fetch_maybe(&cache, &SHORT_NEGATIVE, &missing, &calls, None).await;
             fetch_maybe(&cache, &SHORT_NEGATIVE, &present, &calls, Some(item(2))).await;
+            let filled = Instant::now();
             assert!(
                 cache.exists(&SHORT_NEGATIVE, &missing).await.unwrap(),
                 "{name}"
             );
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            // The 1 s negative TTL passes: the None is gone within 1.2 s of its fill.
+            wait_until_gone(
+                &format!("{name}: the cached None"),
+                filled,
+                Duration::from_millis(1200),
+                || async { cache.exists(&SHORT_NEGATIVE, &missing).await.unwrap() },
+            )
+            .await;
 
             assert!(
                 !cache.exists(&SHORT_NEGATIVE, &missing).await.unwrap(),
