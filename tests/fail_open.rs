@@ -77,6 +77,7 @@ impl Harness {
             self.cache
                 .fetch(&ITEM, &ItemKey { item_id: id }, || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
+                    // The load's own work (not ordering): every loader costs LOADER.
                     tokio::time::sleep(LOADER).await;
                     Ok::<_, Infallible>(item(id))
                 }),
@@ -118,6 +119,7 @@ impl Harness {
                 self.cache.stats(),
                 self.cache.ping().await
             );
+            // Polling interval of a loop with a deadline (RESUME_WITHIN), not ordering.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -144,6 +146,18 @@ impl Harness {
         );
         (inv, incr)
     }
+}
+
+/// Waits until the breaker lets requests through: a read of a key no test fetches goes to
+/// Redis and succeeds (a success also closes it, as any would).
+async fn wait_until_breaker_closed(h: &Harness) {
+    let probe = ItemKey { item_id: 999_999 };
+    support::wait_until_async(
+        "the breaker has closed (a read of another key succeeds)",
+        RESUME_WITHIN,
+        || async { h.cache.exists(&ITEM, &probe).await.is_ok() },
+    )
+    .await;
 }
 
 async fn raw_cmd(url: &str, cmd: &redis::Cmd) -> redis::Value {
@@ -211,6 +225,8 @@ async fn stopped_redis() {
         );
         max = max.max(took);
         // Spread the rounds over more than one retry interval, so some fetches go to Redis.
+        // Pacing, not ordering: no assertion depends on it (the first fetch already fails on
+        // Redis), and a stalled runtime only spreads the rounds further.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -262,6 +278,7 @@ async fn paused_redis() {
             "round {round}: the loader did not run"
         );
         max = max.max(took);
+        // Pacing over more than one retry interval, as in `stopped_redis`: not ordering.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -271,25 +288,42 @@ async fn paused_redis() {
     );
     assert!(h.cache.stats().errors > errors, "{:?}", h.cache.stats());
 
-    // Let the retry interval pass so the concurrent fetches really go to the frozen Redis.
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let calls = h.calls();
-    let tasks: Vec<_> = (0..64u64)
-        .map(|i| {
-            let h = h.clone();
-            tokio::spawn(async move { h.fetch(1000 + i).await })
-        })
-        .collect();
-    let mut concurrent_max = Duration::ZERO;
-    for t in tasks {
-        concurrent_max = concurrent_max.max(t.await.unwrap());
-    }
-    assert_eq!(h.calls(), calls + 64);
-    assert!(
-        concurrent_max < bound(),
-        "max concurrent fetch latency while paused: {concurrent_max:?} (bound {:?})",
-        bound()
-    );
+    // 64 concurrent fetches of cold keys, repeated until a round really goes to the frozen
+    // Redis: until the retry interval has passed the breaker skips Redis and every fetch
+    // returns at once; one that reaches Redis waits for the response timeout. (Any request
+    // used to ask whether the breaker has closed would itself time out and trip it again.)
+    let deadline = Instant::now() + RESUME_WITHIN;
+    let mut round = 0u64;
+    let concurrent_max = loop {
+        let calls = h.calls();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move { h.fetch(1000 + round * 64 + i).await })
+            })
+            .collect();
+        let mut concurrent_max = Duration::ZERO;
+        for t in tasks {
+            concurrent_max = concurrent_max.max(t.await.unwrap());
+        }
+        assert_eq!(h.calls(), calls + 64);
+        assert!(
+            concurrent_max < bound(),
+            "max concurrent fetch latency while paused: {concurrent_max:?} (bound {:?})",
+            bound()
+        );
+        if concurrent_max >= RESPONSE {
+            break concurrent_max;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {} rounds of 64 concurrent fetches in {RESUME_WITHIN:?}, none reached the \
+             frozen Redis (retry interval 300 ms): stats {:?}",
+            round + 1,
+            h.cache.stats()
+        );
+        round += 1;
+    };
 
     let (inv, incr) = h.expect_mutations_fail("redis paused").await;
     // An availability error. Which variant (`Error::Timeout`, `Error::Unavailable`, or today
@@ -404,8 +438,15 @@ async fn timed_out_lease_acquire_does_not_stall_later_fetches() {
     .await;
     let took = h.fetch(5).await;
     assert!(took < bound(), "fetch during the write pause took {took:?}");
-    // The pause ends after 500 ms, the breaker closes 200 ms after the timeout.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The pause ends after 500 ms: a write is held until then, and answered after the writes
+    // held before it (the timed-out ACQUIRE).
+    raw_cmd(
+        &server.url(),
+        redis::cmd("SET").arg(b"orphan:pause-ended").arg(1),
+    )
+    .await;
+    // The breaker has closed: a read of another key goes to Redis and succeeds.
+    wait_until_breaker_closed(&h).await;
 
     let entry = h.cache.entry_key(&ITEM, &ItemKey { item_id: 5 }).unwrap();
     let (orphan, pttl) = lease_under(&server.url(), &entry.key).await;
@@ -471,12 +512,24 @@ async fn response_timeouts_are_reported_as_error_timeout() {
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(format!("ping: {:?}", h.cache.ping().await));
-        // Past the retry interval: the invalidation really goes to the frozen Redis.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        got.push(format!(
-            "invalidate: {:?}",
-            h.cache.invalidate(&ITEM, &ItemKey { item_id: 1 }).await
-        ));
+        // Past the retry interval: the invalidation really goes to the frozen Redis. Until
+        // then the breaker answers it at once with `Unavailable`, without sending it.
+        let deadline = Instant::now() + HANG;
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        let invalidated = loop {
+            match h.cache.invalidate(&ITEM, &ItemKey { item_id: 1 }).await {
+                Err(Error::Unavailable) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the breaker still skipped Redis {HANG:?} after the ping (retry \
+                         interval 100 ms); got so far: {got:#?}"
+                    );
+                    tick.tick().await;
+                }
+                other => break other,
+            }
+        };
+        got.push(format!("invalidate: {invalidated:?}"));
     }
     server.resume();
     let wrong: Vec<_> = got.iter().filter(|g| !g.contains("Timeout(")).collect();
@@ -562,6 +615,7 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
             Ok(()) => break ping.elapsed(),
             Err(e) if Instant::now() < deadline => {
                 eprintln!("waiting for the slow Redis: {e}");
+                // Polling interval of a loop with a deadline (HANG), not ordering.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
             Err(e) => panic!("the slow Redis never answered a ping: {e}"),
@@ -585,14 +639,15 @@ async fn a_fetch_spends_one_response_timeout_on_redis_in_all() {
     );
     assert_eq!(h.calls.load(Ordering::SeqCst), 5, "every cold fetch loaded");
 
-    // fetch_many: the read, the lease requests and the fills share the timeout too. (After
-    // the retry interval, in case a timeout above opened the breaker.)
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // fetch_many: the read, the lease requests and the fills share the timeout too. (Once the
+    // breaker has closed, in case a timeout above opened it.)
+    wait_until_breaker_closed(&h).await;
     let keys: Vec<ItemKey> = (100..110).map(|item_id| ItemKey { item_id }).collect();
     let started = Instant::now();
     let got = h
         .cache
         .fetch_many(&ITEM, &keys, |missing: Vec<ItemKey>| async move {
+            // The load's own work, not ordering.
             tokio::time::sleep(LOADER).await;
             Ok::<_, Error>(missing.iter().map(|k| item(k.item_id)).collect())
         })
