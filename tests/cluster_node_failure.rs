@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cacheobj::{Cache, CacheConfig};
+use cacheobj::{Cache, CacheConfig, Error};
 use cacheobj_strategies::{Item, ItemKey, ITEM};
 use support::cluster::{query, NodeInfo, RedisCluster};
 use support::unique_prefix;
@@ -40,24 +40,31 @@ async fn fetch(cache: &Cache, loads: &Arc<AtomicUsize>, id: u64) -> Duration {
     started.elapsed()
 }
 
+/// The hash slot of item `id`'s entry, as `master` computes it.
+fn slot_of(cache: &Cache, master: &NodeInfo, id: u64) -> i64 {
+    let key = cache
+        .entry_key(&ITEM, &ItemKey { item_id: id })
+        .expect("renders")
+        .key;
+    redis::from_redis_value(
+        query(master.port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
+            .expect("CLUSTER KEYSLOT"),
+    )
+    .expect("a slot number")
+}
+
+fn serves(master: &NodeInfo, slot: i64) -> bool {
+    master
+        .slots
+        .iter()
+        .any(|&(lo, hi)| (i64::from(lo)..=i64::from(hi)).contains(&slot))
+}
+
 /// Items 1..=60, split into those whose key `master` serves and the others.
 fn split_by_master(cache: &Cache, master: &NodeInfo) -> (Vec<u64>, Vec<u64>) {
     let (mut on_master, mut elsewhere) = (Vec::new(), Vec::new());
     for id in 1..=60u64 {
-        let key = cache
-            .entry_key(&ITEM, &ItemKey { item_id: id })
-            .expect("renders")
-            .key;
-        let slot: i64 = redis::from_redis_value(
-            query(master.port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
-                .expect("CLUSTER KEYSLOT"),
-        )
-        .expect("a slot number");
-        let served = master
-            .slots
-            .iter()
-            .any(|&(lo, hi)| (i64::from(lo)..=i64::from(hi)).contains(&slot));
-        if served {
+        if serves(master, slot_of(cache, master, id)) {
             on_master.push(id);
         } else {
             elsewhere.push(id);
@@ -130,6 +137,30 @@ async fn a_frozen_master_does_not_stop_caching_on_the_others() {
         loads,
     } = setup("node_failure").await;
 
+    // Items past 60 that the master serves, each in a slot of its own that none of
+    // `on_frozen` is in: reads that tell whether the cache has skipped the master's slots.
+    let mut taken: Vec<i64> = on_frozen
+        .iter()
+        .map(|&id| slot_of(&cache, &frozen, id))
+        .collect();
+    let mut probes = Vec::new();
+    for id in 61..5_000u64 {
+        if probes.len() == 60 {
+            break;
+        }
+        let slot = slot_of(&cache, &frozen, id);
+        if serves(&frozen, slot) && !taken.contains(&slot) {
+            taken.push(slot);
+            probes.push(id);
+        }
+    }
+    assert_eq!(
+        probes.len(),
+        60,
+        "not enough probe keys on port {}",
+        frozen.port
+    );
+
     cluster.pause_port(frozen.port);
     let outcome = async {
         // The frozen master's key: one response timeout, then the loader.
@@ -143,8 +174,28 @@ async fn a_frozen_master_does_not_stop_caching_on_the_others() {
         let loads_elsewhere = loads.load(Ordering::SeqCst) - before;
         // The frozen master's other keys: at once, through the loader, once the cache has
         // looked up which node failed (CLUSTER SLOTS in the background; up to three tries of
-        // one response timeout each, should it ask the frozen node).
-        tokio::time::sleep(RESPONSE * 4).await;
+        // one response timeout each, should it ask the frozen node). Wait for that lookup: a
+        // read of a probe key, in a slot no request has failed on, is skipped at once. (One
+        // read that reaches the frozen master times out after RESPONSE and tries the next
+        // probe; the retry interval, 30 s, cannot end the wait.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut probed = 0;
+        loop {
+            let id = *probes.get(probed).unwrap_or_else(|| {
+                panic!("{probed} probe keys of the frozen master were all read from it")
+            });
+            probed += 1;
+            let read = cache.exists(&ITEM, &ItemKey { item_id: id }).await;
+            if matches!(read, Err(Error::Unavailable)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the frozen master's slots were not skipped 10 s after it froze ({probed} \
+                 probe reads, the last {read:?}): stats {:?}",
+                cache.stats()
+            );
+        }
         let mut slowest_frozen = Duration::ZERO;
         for &id in &on_frozen[1..] {
             slowest_frozen = slowest_frozen.max(fetch(&cache, &loads, id).await);
@@ -202,9 +253,18 @@ async fn a_master_that_answers_again_keeps_its_slots() {
     );
     assert_eq!(loads.load(Ordering::SeqCst), filled + 1, "it failed open");
 
-    // The lookup (CLUSTER SLOTS, then a PING of the node) runs in the background: give it
-    // well over its two response timeouts.
-    tokio::time::sleep(RESPONSE * 5).await;
+    // The lookup (CLUSTER SLOTS, then a PING of the node) runs in the background: wait until
+    // it has reopened the timed-out key's slot, a read of that key goes to Redis again. (The
+    // retry interval, 30 s, would reopen it too, but not within this wait.)
+    let key = ItemKey {
+        item_id: on_slow[0],
+    };
+    support::wait_until_async(
+        "the node lookup reopened the timed-out key's slot",
+        Duration::from_secs(10),
+        || async { cache.exists(&ITEM, &key).await.is_ok() },
+    )
+    .await;
     let before = loads.load(Ordering::SeqCst);
     for &id in &on_slow {
         fetch(&cache, &loads, id).await;
