@@ -60,18 +60,21 @@ async fn a_thousand_cold_fetches_run_one_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_leader_is_replaced_by_a_waiter() {
     for (label, cache) in support::backends("coalesce_drop").await {
+        let (loading_tx, loading_rx) = tokio::sync::oneshot::channel::<()>();
         let leader = {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .fetch(&HOT, &K { id: 2 }, || async {
+                    .fetch(&HOT, &K { id: 2 }, || async move {
+                        let _ = loading_tx.send(());
                         std::future::pending::<()>().await;
                         Ok::<_, Infallible>("never".to_string())
                     })
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        loading_rx.await.expect("the leader loads");
+        let waits = cache.stats().coalesced_waits;
         let calls = Arc::new(AtomicUsize::new(0));
         let waiters: Vec<_> = (0..10)
             .map(|_| {
@@ -81,6 +84,7 @@ async fn a_dropped_leader_is_replaced_by_a_waiter() {
                     cache
                         .fetch(&HOT, &K { id: 2 }, || async move {
                             calls.fetch_add(1, Ordering::SeqCst);
+                            // The successor's load takes a while on purpose (not ordering).
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             Ok::<_, Infallible>("taken over".to_string())
                         })
@@ -88,7 +92,13 @@ async fn a_dropped_leader_is_replaced_by_a_waiter() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Every waiter has joined the leader's load before the leader goes.
+        support::wait_until(
+            "10 fetches wait for the leader's load",
+            Duration::from_secs(20),
+            || cache.stats().coalesced_waits >= waits + 10,
+        )
+        .await;
         leader.abort();
         let started = Instant::now();
         for w in waiters {
@@ -235,6 +245,7 @@ async fn a_lease_wait_is_bounded_by_the_lease_time() {
         tokio::spawn(async move {
             a.fetch(&SHORT_LEASE, &K { id: 5 }, || async move {
                 let _ = loading_tx.send(());
+                // A slow load on purpose, holding the lease past its 300 ms (not ordering).
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 Ok::<_, Infallible>("slow".to_string())
             })
