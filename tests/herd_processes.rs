@@ -5,7 +5,7 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cacheobj::{Cache, CacheConfig, CacheKey, Strategy};
 use serde::Serialize;
@@ -19,14 +19,36 @@ const HOT: Strategy<String, K> = Strategy::<String, K>::obj("herd:<id>").expire(
 
 /// Set in worker processes: the key prefix they share.
 const WORKER_PREFIX: &str = "CACHEOBJ_HERD_PREFIX";
-/// Set in worker processes: when to start, in ms since the epoch, so all fetch at once.
-const WORKER_START: &str = "CACHEOBJ_HERD_START_MS";
+/// Set in worker processes: how many workers there are. Each starts fetching once all of
+/// them are connected (a count in Redis), so all fetch at once.
+const WORKER_COUNT: &str = "CACHEOBJ_HERD_WORKERS";
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
+/// Counts this worker as ready in Redis, then waits until all `workers` are.
+async fn start_line(prefix: &str, workers: i64) {
+    let mut conn = support::raw_conn().await;
+    let ready = format!("{prefix}workers_ready");
+    let _: i64 = redis::cmd("INCR")
+        .arg(&ready)
+        .query_async(&mut conn)
+        .await
+        .expect("INCR workers_ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        let n: Option<i64> = redis::cmd("GET")
+            .arg(&ready)
+            .query_async(&mut conn)
+            .await
+            .expect("GET workers_ready");
+        if n.unwrap_or(0) >= workers {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n:?} of {workers} worker processes were ready after 30 s"
+        );
+        tick.tick().await;
+    }
 }
 
 async fn loader_calls(prefix: &str) -> i64 {
@@ -58,14 +80,11 @@ async fn worker_250_fetches() {
     .await
     .expect("connect");
     cache.ping().await.expect("redis answers");
-    if let Some(start) = std::env::var(WORKER_START)
+    if let Some(workers) = std::env::var(WORKER_COUNT)
         .ok()
-        .and_then(|s| s.parse::<u64>().ok())
+        .and_then(|s| s.parse::<i64>().ok())
     {
-        let now = unix_ms();
-        if start > now {
-            tokio::time::sleep(Duration::from_millis(start - now)).await;
-        }
+        start_line(&prefix, workers).await;
     }
     let counter = format!("{prefix}loader_calls");
     let tasks: Vec<_> = (0..250)
@@ -81,6 +100,7 @@ async fn worker_250_fetches() {
                             .query_async(&mut conn)
                             .await
                             .expect("INCR");
+                        // A 100 ms load on purpose, so the herd piles up (not ordering).
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         Ok::<_, std::convert::Infallible>("value".to_string())
                     })
@@ -101,13 +121,13 @@ async fn worker_250_fetches() {
 async fn four_processes_share_one_load() {
     let prefix = support::unique_prefix("herd_procs");
     let exe = std::env::current_exe().expect("test binary path");
-    let start = unix_ms() + 1500;
-    let children: Vec<_> = (0..4)
+    let workers = 4;
+    let children: Vec<_> = (0..workers)
         .map(|_| {
             Command::new(&exe)
                 .args(["worker_250_fetches", "--exact", "--nocapture"])
                 .env(WORKER_PREFIX, &prefix)
-                .env(WORKER_START, start.to_string())
+                .env(WORKER_COUNT, workers.to_string())
                 .spawn()
                 .expect("spawn worker process")
         })
