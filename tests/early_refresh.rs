@@ -41,6 +41,7 @@ async fn a_hot_key_is_refreshed_before_it_expires() {
         while started.elapsed() < Duration::from_millis(2500) {
             let v = cache.fetch(&HOT, &K { id: 1 }, load()).await.unwrap();
             saw_new |= v == 2;
+            // The read rate of a hot key, not ordering: the loop runs by the clock (2.5 s).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let stats = cache.stats();
