@@ -32,11 +32,6 @@ impl Started {
         self.at
     }
 
-    /// The time since the first request went out (`None` as for [`at`](Self::at)).
-    pub(crate) fn elapsed(&self) -> Option<Duration> {
-        self.at.map(|at| at.elapsed())
-    }
-
     /// The budget left once the first request has returned.
     pub(crate) fn budget(self) -> Budget {
         Budget {

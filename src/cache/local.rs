@@ -1,6 +1,8 @@
 //! What the local tier ([`Strategy::local`]) shows of itself, and how a read of Redis
 //! (`fetch`, `fetch_many`) enters it.
 
+use std::time::Duration;
+
 use super::Cache;
 use crate::budget::Started;
 use crate::local::{Expiry, Ticket};
@@ -92,13 +94,26 @@ impl Cache {
         let Some(expiry) = ticket.expiry() else {
             return;
         };
-        let mut keep_for = strategy
-            .local_ttl_time()
-            .saturating_sub(started.elapsed().unwrap_or_default());
-        if let Some(left) = expiry.left() {
-            keep_for = keep_for.min(left);
-        }
-        tier.keep(strategy.local_id(), &spec, ticket, key, value, keep_for);
+        // A deadline, not a time left: however late the insert runs, the copy ends by then.
+        let local_end = sent.checked_add(strategy.local_ttl_time());
+        let until = match (local_end, expiry) {
+            (Some(end), Expiry::At(at)) => end.min(at),
+            (None, Expiry::At(at)) => at,
+            (Some(end), Expiry::Never) => end,
+            // A local TTL past what an instant holds, and an entry without expiry: a century.
+            (None, Expiry::Never) => match sent.checked_add(Duration::from_secs(3_155_760_000)) {
+                Some(end) => end,
+                None => return,
+            },
+        };
+        tier.keep(
+            strategy.local_id(),
+            &spec,
+            ticket,
+            key,
+            value,
+            until.into_std(),
+        );
     }
 }
 

@@ -54,11 +54,11 @@ impl Expiry {
         }
     }
 
-    /// How long from now the entry lasts (`None`: no expiry).
-    pub(crate) fn left(self) -> Option<Duration> {
+    /// Whether the entry has expired by now.
+    pub(crate) fn is_past(self) -> bool {
         match self {
-            Expiry::At(at) => Some(at.saturating_duration_since(Instant::now())),
-            Expiry::Never => None,
+            Expiry::At(at) => at <= Instant::now(),
+            Expiry::Never => false,
         }
     }
 }
@@ -333,7 +333,7 @@ impl Guard {
         };
         // Past, the entry is gone or going (its expiry is announced): ask again. So is an
         // expiry of 0 that stands for a PTTL that failed.
-        let expiry = expiry.filter(|e| e.left() != Some(Duration::ZERO));
+        let expiry = expiry.filter(|e| !e.is_past());
         Some(Ticket {
             generation,
             stripe,
@@ -621,13 +621,14 @@ mod tests {
     }
 
     #[test]
-    fn an_expiry_is_read_as_time_left() {
+    fn an_expiry_is_read_from_a_pttl_sent_at_an_instant() {
         let now = Instant::now();
         assert_eq!(Expiry::from_pttl(now, None), Expiry::Never);
-        assert_eq!(Expiry::Never.left(), None);
-        let left = Expiry::from_pttl(now, Some(60_000)).left().unwrap();
-        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(59));
-        assert_eq!(Expiry::from_pttl(now, Some(0)).left(), Some(Duration::ZERO));
+        assert!(!Expiry::Never.is_past());
+        let later = Expiry::from_pttl(now, Some(60_000));
+        assert_eq!(later, Expiry::At(now + Duration::from_secs(60)));
+        assert!(!later.is_past());
+        assert!(Expiry::from_pttl(now, Some(0)).is_past());
     }
 
     #[test]

@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
 
 use redis::PushInfo;
 
@@ -222,7 +221,7 @@ impl LocalTier {
         self.shared.guard.ticket(key)
     }
 
-    /// Keeps `value` for `ttl` if nothing invalidated `key` since `ticket` was taken, and
+    /// Keeps `value` until `until` if nothing invalidated `key` since `ticket` was taken, and
     /// remembers the entry's expiry if the read learned it ([`Ticket::learned`]).
     pub(crate) fn keep<V>(
         &self,
@@ -231,16 +230,16 @@ impl LocalTier {
         ticket: Ticket,
         key: &[u8],
         value: &V,
-        ttl: Duration,
+        until: std::time::Instant,
     ) -> bool {
-        if ttl.is_zero() {
+        if until <= std::time::Instant::now() {
             return false;
         }
         // Found as a lookup finds it: no read lock shared by every thread on a kept miss.
         self.with_store(id, |store| {
             self.shared
                 .guard
-                .keep_if_current(ticket, || spec.keep(store, key, value, ttl))
+                .keep_if_current(ticket, || spec.keep(store, key, value, until))
         })
         .unwrap_or(false)
     }
@@ -415,6 +414,7 @@ impl TierShared {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+    use std::time::Duration;
 
     #[test]
     fn every_store_is_found_past_the_unlocked_ones() {
@@ -446,7 +446,7 @@ mod tests {
                 ticket,
                 b"k",
                 &(n as u64),
-                Duration::from_secs(60)
+                std::time::Instant::now() + Duration::from_secs(60)
             ));
         }
         for (n, &id) in ids.iter().enumerate() {

@@ -20,7 +20,7 @@ pub(crate) struct LocalSpec<V> {
     pub(crate) weigher: Option<fn(&V) -> u32>,
     make: fn(&LocalSpec<V>) -> Arc<dyn AnyStore>,
     get: fn(&dyn AnyStore, &[u8]) -> Option<V>,
-    keep: fn(&dyn AnyStore, &[u8], &V, Duration),
+    keep: fn(&dyn AnyStore, &[u8], &V, Instant),
 }
 
 // Manual impls: a derive would ask `V: Clone`, and the spec holds no `V`.
@@ -55,9 +55,9 @@ impl<V> LocalSpec<V> {
         (self.get)(store, key)
     }
 
-    /// Keeps a clone of `value` for `ttl`.
-    pub(crate) fn keep(&self, store: &dyn AnyStore, key: &[u8], value: &V, ttl: Duration) {
-        (self.keep)(store, key, value, ttl)
+    /// Keeps a clone of `value` until `until`.
+    pub(crate) fn keep(&self, store: &dyn AnyStore, key: &[u8], value: &V, until: Instant) {
+        (self.keep)(store, key, value, until)
     }
 }
 
@@ -73,29 +73,31 @@ pub(crate) trait AnyStore: Send + Sync {
     fn entries(&self) -> u64;
 }
 
-/// A value and how long it may stay: the smaller of the strategy's local TTL and what Redis
-/// said was left of the entry's.
+/// A value and when it must go: the earlier of the end of the strategy's local TTL and the
+/// Redis entry's expiry. An instant, not a duration: moka starts an entry's life when its
+/// insert runs, which can be long after the deadline was worked out (a stalled thread), and a
+/// duration would then carry the copy past the entry's expiry.
 #[derive(Clone)]
 struct Slot<V> {
     value: V,
-    ttl: Duration,
+    until: Instant,
 }
 
 struct SlotTtl;
 
 impl<V> moka::Expiry<Vec<u8>, Slot<V>> for SlotTtl {
-    fn expire_after_create(&self, _: &Vec<u8>, slot: &Slot<V>, _: Instant) -> Option<Duration> {
-        Some(slot.ttl)
+    fn expire_after_create(&self, _: &Vec<u8>, slot: &Slot<V>, now: Instant) -> Option<Duration> {
+        Some(slot.until.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &Vec<u8>,
         slot: &Slot<V>,
-        _: Instant,
+        now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(slot.ttl)
+        Some(slot.until.saturating_duration_since(now))
     }
 }
 
@@ -185,12 +187,12 @@ fn keep<V: Clone + Send + Sync + 'static>(
     store: &dyn AnyStore,
     key: &[u8],
     value: &V,
-    ttl: Duration,
+    until: Instant,
 ) {
     if let Some(store) = store.as_any().downcast_ref::<Store<V>>() {
         let slot = Slot {
             value: value.clone(),
-            ttl,
+            until,
         };
         // Noted first: a lookup that comes between finds the filters ahead of moka, not behind.
         store.presence.note(bloom::hash(key));
@@ -202,12 +204,16 @@ fn keep<V: Clone + Send + Sync + 'static>(
 mod tests {
     use super::*;
 
+    fn in_a_minute() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     #[test]
     fn keeps_gets_and_forgets_by_key() {
         let spec = LocalSpec::<String>::new(10);
         let store = spec.make();
         assert_eq!(spec.get(&*store, b"k"), None);
-        spec.keep(&*store, b"k", &"v".to_string(), Duration::from_secs(60));
+        spec.keep(&*store, b"k", &"v".to_string(), in_a_minute());
         assert_eq!(spec.get(&*store, b"k").as_deref(), Some("v"));
         store.invalidate(b"k");
         assert_eq!(spec.get(&*store, b"k"), None);
@@ -216,7 +222,7 @@ mod tests {
     #[test]
     fn another_types_store_serves_nothing() {
         let store = LocalSpec::<String>::new(10).make();
-        LocalSpec::<String>::new(10).keep(&*store, b"k", &"v".into(), Duration::from_secs(60));
+        LocalSpec::<String>::new(10).keep(&*store, b"k", &"v".into(), in_a_minute());
         assert_eq!(LocalSpec::<u64>::new(10).get(&*store, b"k"), None);
     }
 
@@ -225,7 +231,7 @@ mod tests {
         let spec = LocalSpec::<u64>::new(100);
         let store = spec.make();
         for i in 0..10_000u64 {
-            spec.keep(&*store, &i.to_be_bytes(), &i, Duration::from_secs(60));
+            spec.keep(&*store, &i.to_be_bytes(), &i, in_a_minute());
         }
         assert!(store.entries() <= 100, "{} entries", store.entries());
     }
@@ -236,12 +242,7 @@ mod tests {
         spec.weigher = Some(|s: &String| s.len() as u32);
         let store = spec.make();
         for i in 0..1_000u32 {
-            spec.keep(
-                &*store,
-                &i.to_be_bytes(),
-                &"x".repeat(100),
-                Duration::from_secs(60),
-            );
+            spec.keep(&*store, &i.to_be_bytes(), &"x".repeat(100), in_a_minute());
         }
         assert!(
             store.entries() <= 10,
@@ -256,7 +257,7 @@ mod tests {
         let store = spec.make();
         for i in 0..4u64 {
             assert!(store.admits(&i.to_be_bytes()), "room: every read is kept");
-            spec.keep(&*store, &i.to_be_bytes(), &i, Duration::from_secs(60));
+            spec.keep(&*store, &i.to_be_bytes(), &i, in_a_minute());
         }
         assert_eq!(store.entries(), 4);
         assert!(!store.admits(b"new"), "full: a first miss is only marked");
@@ -264,10 +265,18 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_lives_no_longer_than_its_ttl() {
+    fn a_slot_lives_no_longer_than_its_deadline() {
         let spec = LocalSpec::<u64>::new(10);
         let store = spec.make();
-        spec.keep(&*store, b"k", &1, Duration::ZERO);
+        spec.keep(&*store, b"k", &1, Instant::now());
         assert_eq!(spec.get(&*store, b"k"), None);
+        // A deadline that passed before the insert ran (a stalled thread) keeps nothing
+        // either: it is not a duration counted from the insert.
+        let past = Instant::now();
+        while Instant::now() == past {
+            std::hint::spin_loop();
+        }
+        spec.keep(&*store, b"late", &1, past);
+        assert_eq!(spec.get(&*store, b"late"), None);
     }
 }
