@@ -322,15 +322,9 @@ impl Guard {
         // never pairs an epoch with an expiry an invalidation removed before it. A stripe busy
         // now is not waited for (that would block this worker thread): the read asks for the
         // TTL instead.
-        let epoch = &self.stripes[stripe].epoch;
-        let (epoch, expiry, keeps) = match try_lock(&self.stripes[stripe].lock) {
-            Some(ends) => (
-                epoch.load(Ordering::Acquire),
-                ends.get(tag, self.base),
-                ends.keeps,
-            ),
-            None => (epoch.load(Ordering::Acquire), None, u64::MAX),
-        };
+        let ends = try_lock(&self.stripes[stripe].lock);
+        let epoch = self.stripes[stripe].epoch.load(Ordering::Acquire);
+        let (expiry, keeps) = ends.map_or((None, u64::MAX), |e| (e.get(tag, self.base), e.keeps));
         // Past, the entry is gone or going (its expiry is announced): ask again. So is an
         // expiry of 0 that stands for a PTTL that failed.
         let expiry = expiry.filter(|e| !e.is_past());
